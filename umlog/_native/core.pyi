@@ -1,0 +1,272 @@
+"""Type stubs and the CONTRACT of the native core ``umlog._native.core``.
+
+Everything per record happens here; Python calls once per batch (or once per
+record for ``BatchBuilder.append``, which adds to an open batch).
+
+``Buffer`` is anything with the buffer protocol: bytes, bytearray, memoryview,
+pyarrow.Buffer, mmap, numpy arrays of uint8. Positions are byte offsets into it;
+``end=-1`` means len(buf).
+
+Errors: malformed bytes raise ``umlog.errors.DecodeError`` (truncation, varint
+overflow) or ``umlog.errors.CorruptBatchError`` (with ``.position``: the batch's
+start) and never crash the interpreter. Non-bytes-like values/keys raise
+TypeError.
+
+RecordBatch v2 (magic 2), all big-endian, as Kafka's DefaultRecordBatch::
+
+    0  baseOffset int64
+    8  batchLength int32        bytes after this field (total size = 12 + batchLength)
+   12  partitionLeaderEpoch int32
+   16  magic int8 (=2)
+   17  crc uint32               CRC32C of bytes [21, end)
+   21  attributes int16         bits 0-2 codec, 3 timestampType, 4 transactional, 5 control
+   23  lastOffsetDelta int32
+   27  baseTimestamp int64       (Kafka calls it firstTimestamp)
+   35  maxTimestamp int64
+   43  producerId int64
+   51  producerEpoch int16
+   53  baseSequence int32
+   57  recordsCount int32
+   61  records (compressed as a whole when codec != 0)
+
+    Record: length varint | attributes int8 | timestampDelta varlong |
+            offsetDelta varint | keyLength varint (-1 = null) | key |
+            valueLength varint (-1 = null) | value | headersCount varint |
+            [headerKeyLength varint | headerKey utf8 | headerValueLength varint | value]*
+"""
+
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+Buffer = Any
+
+BATCH_HEADER_SIZE: int  # 61
+LOG_OVERHEAD: int  # 12: baseOffset + batchLength
+MAGIC: int  # 2
+CODEC_NONE: int  # 0
+CODEC_GZIP: int  # 1
+CODEC_SNAPPY: int  # 2
+CODEC_LZ4: int  # 3
+CODEC_ZSTD: int  # 4
+ATTR_TIMESTAMP_TYPE: int  # 0x08 (LogAppendTime)
+ATTR_TRANSACTIONAL: int  # 0x10
+ATTR_CONTROL: int  # 0x20
+
+# --- CRC32C (Castagnoli, reflected, init/xorout 0xffffffff) ------------------
+
+def crc32c(data: Buffer, crc: int = 0) -> int:
+    """CRC32C of data, continuing from crc (a previous result). HW when present."""
+
+def crc32c_sw(data: Buffer, crc: int = 0) -> int:
+    """Same, always the portable table implementation (for tests)."""
+
+def crc32c_hw_available() -> bool: ...
+
+# --- zig-zag varints (Kafka ByteUtils) -----------------------------------------
+
+def size_of_varint(value: int) -> int: ...  # int32 range, else ValueError
+def write_varint(value: int) -> bytes: ...
+def read_varint(buf: Buffer, pos: int = 0) -> tuple[int, int]:
+    """(value, next position). DecodeError if truncated or more than 5 bytes."""
+
+def size_of_varlong(value: int) -> int: ...  # int64 range
+def write_varlong(value: int) -> bytes: ...
+def read_varlong(buf: Buffer, pos: int = 0) -> tuple[int, int]: ...  # at most 10 bytes
+
+# --- Kafka's murmur2 (the Java client's default partitioner) -------------------
+
+def murmur2(data: Buffer) -> int:
+    """Signed 32-bit result, as org.apache.kafka.common.utils.Utils.murmur2.
+
+    The partition of a key is ``(murmur2(key) & 0x7fffffff) % num_partitions``.
+    """
+
+def partition_for_key(key: Buffer, num_partitions: int) -> int: ...
+
+# --- records --------------------------------------------------------------------
+
+class Record:
+    """One decoded record. Immutable; compares equal field by field."""
+
+    offset: int
+    timestamp: int  # ms since the epoch
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: tuple[tuple[str, Optional[bytes]], ...]  # () when none (shared empty tuple)
+    topic: Optional[str]
+    partition: int  # -1 when not known
+    def __init__(
+        self,
+        offset: int,
+        timestamp: int,
+        key: Optional[bytes],
+        value: Optional[bytes],
+        headers: tuple = (),
+        topic: Optional[str] = None,
+        partition: int = -1,
+    ) -> None: ...
+
+class BatchInfo:
+    """Header fields of one batch, as found at ``position``."""
+
+    position: int
+    size: int  # total bytes: 12 + batchLength
+    base_offset: int
+    last_offset: int  # base_offset + lastOffsetDelta
+    record_count: int
+    partition_leader_epoch: int
+    attributes: int
+    codec: int
+    timestamp_type: int  # 0 CreateTime, 1 LogAppendTime
+    is_transactional: bool
+    is_control: bool
+    first_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    crc: int
+
+# --- encode ---------------------------------------------------------------------
+
+def encode_batch(
+    values: Sequence[Optional[Buffer]],
+    keys: Optional[Sequence[Optional[Buffer]]] = None,
+    headers: Optional[Sequence[Optional[Iterable[tuple[str, Optional[Buffer]]]]]] = None,
+    timestamps: Optional[Sequence[Optional[int]]] = None,
+    *,
+    base_offset: int = 0,
+    now_ms: int = -1,  # timestamp for records whose timestamp is None; -1 = current time
+    codec: int = 0,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    log_append_time: bool = False,
+    partition_leader_epoch: int = 0,
+) -> bytes:
+    """One complete RecordBatch v2 (CRC set). len(keys/headers/timestamps) must
+    equal len(values) when given. Empty ``values`` is a ValueError."""
+
+def encode_batch_arrow(
+    values: Any,  # pyarrow BinaryArray/LargeBinaryArray/StringArray (nulls allowed)
+    keys: Any = None,
+    timestamps: Any = None,  # int64 ms array or None
+    *,
+    base_offset: int = 0,
+    now_ms: int = -1,
+    codec: int = 0,
+) -> bytes:
+    """Same from Arrow arrays, reading their buffers directly (no per-record Python)."""
+
+class BatchBuilder:
+    """An open batch that grows one record per native call.
+
+    Not thread-safe: the owner (a Partition) serialises calls.
+    """
+
+    def __init__(self, codec: int = 0) -> None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def size(self) -> int:
+        """Bytes the batch would take if built now, uncompressed (>= 61 when count > 0)."""
+    @property
+    def max_timestamp(self) -> int: ...
+    def append(
+        self,
+        value: Optional[Buffer],
+        key: Optional[Buffer] = None,
+        headers: Optional[Iterable[tuple[str, Optional[Buffer]]]] = None,
+        timestamp: Optional[int] = None,
+    ) -> int:
+        """Add one record; returns the timestamp used (now in ms when None)."""
+    def build(
+        self,
+        base_offset: int,
+        *,
+        producer_id: int = -1,
+        producer_epoch: int = -1,
+        base_sequence: int = -1,
+        log_append_time: bool = False,
+    ) -> bytes:
+        """The complete batch (compressed per codec, CRC set); then empty again."""
+    def clear(self) -> None: ...
+
+# --- validate / patch ----------------------------------------------------------
+
+def validate_batch(buf: Buffer, pos: int = 0, end: int = -1, check_records: bool = True) -> BatchInfo:
+    """Validate the batch starting at pos: whole batch present within [pos, end),
+    batchLength >= 49, magic 2, CRC32C, and (check_records) that the records
+    (decompressed when compressed) are exactly recordsCount well-formed records
+    with offsetDelta 0..n-1, lastOffsetDelta == n-1, and nothing left over.
+    Raises CorruptBatchError(message naming the field, position=pos)."""
+
+def batch_info(buf: Buffer, pos: int = 0, end: int = -1) -> BatchInfo:
+    """Header only, no CRC, no records (DecodeError if the header is truncated)."""
+
+def set_base_offset(buf: Buffer, pos: int, base_offset: int) -> None:
+    """Write baseOffset in place (writable buffer). The CRC does not cover it."""
+
+def set_log_append_time(buf: Buffer, pos: int, timestamp: int) -> None:
+    """In place: set the LogAppendTime attribute bit, maxTimestamp = timestamp,
+    and recompute the CRC (as Kafka does for LogAppendTime topics)."""
+
+# --- decode ---------------------------------------------------------------------
+
+def decode_records(
+    buf: Buffer,
+    pos: int = 0,
+    end: int = -1,
+    min_offset: int = 0,
+    max_records: int = -1,
+    topic: Optional[str] = None,
+    partition: int = -1,
+    check_crc: bool = False,
+) -> tuple[list[Record], int]:
+    """Decode whole batches from pos; returns (records, next_pos).
+
+    Skips records with offset < min_offset and control batches; decompresses
+    compressed batches (gzip, snappy raw or xerial-framed, lz4 frame, zstd)
+    via cramjam. Stops after max_records (-1: no limit) or at end. A batch that
+    is cut off by ``end`` is not decoded and next_pos points at its start (the
+    caller reads more); a batch whose header/records are malformed raises
+    CorruptBatchError. When max_records stops decoding mid-batch, next_pos is
+    the start of that batch (the caller resumes with min_offset)."""
+
+# --- scan -----------------------------------------------------------------------
+
+class ScanResult:
+    """Batch boundaries found by scan_batches. Arrays are numpy int64, one entry
+    per valid batch, in file order."""
+
+    positions: Any
+    sizes: Any
+    base_offsets: Any
+    last_offsets: Any
+    max_timestamps: Any
+    count: int
+    valid_end: int  # position just after the last valid batch (== pos when none)
+    next_offset: int  # last valid batch's last_offset + 1 (expect_offset when none)
+    error: Optional[str]  # None: stopped at end cleanly; else why it stopped
+    error_position: int  # -1 when error is None
+
+def scan_batches(
+    buf: Buffer,
+    pos: int = 0,
+    end: int = -1,
+    expect_offset: int = -1,
+    check_crc: bool = True,
+    max_batches: int = -1,
+) -> ScanResult:
+    """Walk batches from pos to end without decoding records. Stops (error set)
+    at the first batch that is cut off, has batchLength < 49, magic != 2, a bad
+    CRC (check_crc), or whose baseOffset != expect_offset (when expect_offset >= 0;
+    expect_offset then becomes the batch's last_offset + 1)."""
+
+# --- index search -----------------------------------------------------------------
+
+def offset_index_lookup(buf: Buffer, entries: int, relative_offset: int) -> int:
+    """Largest slot whose relative offset (u32 BE at slot*8) <= relative_offset,
+    -1 if none. Binary search over the mapped bytes, warm section first."""
+
+def time_index_lookup(buf: Buffer, entries: int, timestamp: int) -> int:
+    """Largest slot whose timestamp (i64 BE at slot*12) <= timestamp, -1 if none."""

@@ -1,0 +1,1 @@
+"""Storage: segments of RecordBatch v2 bytes with Kafka's sparse indexes."""
