@@ -9,8 +9,16 @@ Switches (environment variables):
 import os
 import platform
 
+import setuptools
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+if int(setuptools.__version__.split(".")[0]) < 77:
+    # Older setuptools (the dev venv has 65) rejects pyproject.toml's SPDX
+    # license string; `build_ext --inplace` needs no project metadata.
+    from setuptools.config import pyprojecttoml
+
+    pyprojecttoml.apply_configuration = lambda dist, *args, **kwargs: dist
 
 DEBUG = os.environ.get("UMLOG_DEBUG") == "1"
 SANITIZE = os.environ.get("UMLOG_SANITIZE") == "1"
