@@ -1,0 +1,264 @@
+"""Route one request frame to its handler and frame the answer.
+
+The table of APIs is built from the handler modules (``handlers/*.py``): each
+declares ``API_KEY``, ``API_VERSIONS = (min, max)`` it can decode and answer,
+optionally ``ADVERTISED_VERSIONS`` (wider, for client feature detection; see
+``handlers/produce.py``) and ``decode_request`` (a hand-written fast decoder;
+otherwise kio's generated reader for that version is used).
+
+A handler is ``async def handle_<api>(ctx, req)`` returning a kio response
+entity (encoded here with kio's writer), a list of buffers (already-encoded
+body, the hot paths), or ``None`` (no response: Produce with acks=0).
+
+What goes wrong where:
+  * header unreadable, unknown API key, body that does not decode, or a version
+    outside ``API_VERSIONS`` for which kio has no schema: ``RemoteProtocolError``
+    -> the connection is closed with one log line (as Kafka does);
+  * ApiVersions with a version we do not know: a v0 body with UNSUPPORTED_VERSION
+    and our ranges (KIP-511), so the client can retry with one we know;
+  * another known API at an unsupported version, or a handler that raises:
+    a response of that version with the error code in every ``error_code``
+    field (``error_response``), and one log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import logging
+import struct
+import types
+from typing import TYPE_CHECKING, Any, Callable
+
+from kio.index import load_request_schema, load_response_schema
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader, entity_writer
+
+from umlog.errors import RemoteProtocolError
+
+from . import handlers
+from .wire import RequestHeader, read_request_header, read_request_prefix
+
+if TYPE_CHECKING:
+    from .protocol import KafkaProtocol
+
+__all__ = ["Api", "APIS", "dispatch", "RequestContext", "error_response", "encode_entity"]
+
+log = logging.getLogger("umlog.server.kafka")
+
+API_VERSIONS_KEY = 18
+_i32 = struct.Struct(">i")
+
+
+@dataclasses.dataclass(frozen=True)
+class Api:
+    key: int
+    name: str
+    versions: tuple[int, int]
+    advertised: tuple[int, int]
+    handle: Callable[..., Any]
+    decode: Callable[[memoryview, int, int], Any] | None
+
+
+def _collect(module: types.ModuleType) -> Api:
+    name = module.__name__.rsplit(".", 1)[-1]
+    return Api(
+        key=module.API_KEY,
+        name=name,
+        versions=module.API_VERSIONS,
+        advertised=getattr(module, "ADVERTISED_VERSIONS", module.API_VERSIONS),
+        handle=getattr(module, f"handle_{name}"),
+        decode=getattr(module, "decode_request", None),
+    )
+
+
+APIS: dict[int, Api] = {api.key: api for api in map(_collect, handlers.MODULES)}
+
+
+class RequestContext:
+    """What a handler knows about the request it answers."""
+
+    __slots__ = ("door", "conn", "api_key", "version", "correlation_id", "client_id")
+
+    def __init__(self, door, conn, header: RequestHeader) -> None:
+        self.door = door  # type of `door` is `KafkaDoor`
+        self.conn = conn  # type of `conn` is `KafkaProtocol` (None in unit tests)
+        self.api_key = header.api_key
+        self.version = header.api_version
+        self.correlation_id = header.correlation_id
+        self.client_id = header.client_id
+
+
+# --- kio schema lookups (cached: importing a schema module is slow) -----------------
+
+_request_cache: dict[tuple[int, int], Any] = {}
+_response_cache: dict[tuple[int, int], Any] = {}
+
+
+def request_class(key: int, version: int) -> Any | None:
+    k = (key, version)
+    try:
+        return _request_cache[k]
+    except KeyError:
+        pass
+    try:
+        cls = load_request_schema(key, version)
+    except Exception:
+        cls = None
+    _request_cache[k] = cls
+    return cls
+
+
+def response_class(key: int, version: int) -> Any | None:
+    k = (key, version)
+    try:
+        return _response_cache[k]
+    except KeyError:
+        pass
+    try:
+        cls = load_response_schema(key, version)
+    except Exception:
+        cls = None
+    _response_cache[k] = cls
+    return cls
+
+
+def encode_entity(entity: Any) -> bytes:
+    out = io.BytesIO()
+    entity_writer(type(entity))(out, entity)
+    return out.getvalue()
+
+
+# --- error responses ------------------------------------------------------------------------
+
+_ZERO_MS = datetime.timedelta(0)
+
+
+def _default_for(f: dataclasses.Field, code: ErrorCode) -> Any:
+    if f.default is not dataclasses.MISSING:
+        if f.metadata.get("kafka_type") == "error_code":
+            return code
+        return f.default
+    kt = f.metadata.get("kafka_type")
+    t = f.type
+    if kt == "error_code":
+        return code
+    if kt is None:  # nested entity or array of entities
+        origin = getattr(t, "__origin__", None)
+        if origin is tuple or str(t).startswith("tuple"):
+            return ()
+        if dataclasses.is_dataclass(t):
+            return _fill(t, code)
+        return None
+    if str(t).startswith("tuple"):
+        return ()
+    if kt in ("timedelta_i32", "timedelta_i64"):
+        return _ZERO_MS
+    if kt == "string":
+        return None if "None" in str(t) else ""
+    if kt in ("bytes", "records"):
+        return None if "None" in str(t) else b""
+    if kt == "bool":
+        return False
+    if kt == "uuid":
+        return None
+    if kt.startswith(("int", "uint")):
+        return -1 if f.name.endswith("_id") or f.name.endswith("epoch") else 0
+    if kt == "float64":
+        return 0.0
+    return None
+
+
+def _fill(cls: Any, code: ErrorCode) -> Any:
+    return cls(**{f.name: _default_for(f, code) for f in dataclasses.fields(cls)})
+
+
+def error_response(key: int, version: int, code: ErrorCode) -> Any | None:
+    """A response of (key, version) with ``code`` in every error_code field and empty
+    arrays elsewhere; None when kio has no schema for that version."""
+    cls = response_class(key, version)
+    if cls is None:
+        return None
+    return _fill(cls, code)
+
+
+# --- dispatch -------------------------------------------------------------------------------
+
+
+def _frame(correlation_id: int, flexible_header: bool, body: list) -> list:
+    size = 4 + (1 if flexible_header else 0)
+    for b in body:
+        size += len(b)
+    head = _i32.pack(size) + _i32.pack(correlation_id)
+    if flexible_header:
+        head += b"\x00"
+    return [head, *body]
+
+
+def api_versions_unsupported(correlation_id: int) -> list:
+    """ApiVersions v0 body with UNSUPPORTED_VERSION and our ranges (header v0)."""
+    from .handlers.api_versions import api_versions_body_v0
+
+    return _frame(correlation_id, False, [api_versions_body_v0(ErrorCode.unsupported_version)])
+
+
+async def dispatch(conn: KafkaProtocol | None, frame: bytearray, door=None) -> list | None:
+    """Answer one request frame: the response frame as a list of buffers, or None."""
+    door = door if door is not None else conn.door  # type: ignore[union-attr]
+    view = memoryview(frame)
+    key, version, correlation_id = read_request_prefix(view)
+    api = APIS.get(key)
+    if api is None:
+        raise RemoteProtocolError(f"unknown or unsupported API key {key} (version {version})")
+    lo, hi = api.versions
+    supported = lo <= version <= hi
+    req_cls = request_class(key, version)
+    if not supported:
+        if key == API_VERSIONS_KEY:
+            return api_versions_unsupported(correlation_id)
+        if req_cls is None:
+            raise RemoteProtocolError(f"{api.name} v{version} is not supported (we do {lo}-{hi})")
+    flexible = bool(req_cls is not None and req_cls.__flexible__)
+    header = read_request_header(view, flexible)
+    resp_cls = response_class(key, version)
+    # ApiVersions answers with header v0 even when flexible (clients parse it
+    # before they know our versions).
+    flexible_resp_header = bool(resp_cls is not None and resp_cls.__flexible__
+                                and key != API_VERSIONS_KEY)
+    if not supported:
+        log.warning("kafka %s: %s v%d is not supported (we do %d-%d); answering UNSUPPORTED_VERSION",
+                    conn.peer if conn else "-", api.name, version, lo, hi)
+        entity = error_response(key, version, ErrorCode.unsupported_version)
+        return _frame(correlation_id, flexible_resp_header, [encode_entity(entity)])
+
+    try:
+        if api.decode is not None:
+            req = api.decode(view, header.body_pos, version)
+        else:
+            req, used = entity_reader(req_cls)(view.toreadonly(), header.body_pos)
+            if header.body_pos + used != len(view):
+                raise RemoteProtocolError(
+                    f"{len(view) - header.body_pos - used} trailing bytes after {api.name} v{version}")
+    except RemoteProtocolError:
+        raise
+    except Exception as e:
+        raise RemoteProtocolError(f"cannot decode {api.name} v{version}: {e}") from None
+
+    ctx = RequestContext(door, conn, header)
+    try:
+        result = await api.handle(ctx, req)
+    except RemoteProtocolError:
+        raise
+    except Exception as e:
+        log.error("kafka %s: %s v%d failed: %r", conn.peer if conn else "-", api.name, version, e,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        entity = error_response(key, version, ErrorCode.unknown_server_error)
+        if entity is None:
+            raise RemoteProtocolError(f"{api.name} v{version} failed: {e!r}") from None
+        return _frame(correlation_id, flexible_resp_header, [encode_entity(entity)])
+    if result is None:
+        return None
+    if isinstance(result, list):
+        return _frame(correlation_id, flexible_resp_header, result)
+    return _frame(correlation_id, flexible_resp_header, [encode_entity(result)])

@@ -1,0 +1,38 @@
+"""InitProducerId (key 22): producer ids for idempotent producers.
+
+Transactions are not supported: a request with a transactional id gets
+INVALID_REQUEST (non-retriable, so the client fails at once). A request naming
+a producer id and epoch we issued (v3+, KIP-360) bumps the epoch and forgets
+its sequence state; otherwise a new id with epoch 0.
+"""
+
+from __future__ import annotations
+
+from kio.schema.errors import ErrorCode
+
+from ._util import ZERO_MS, make, response_module
+
+API_KEY = 22
+API_VERSIONS = (0, 4)
+
+
+async def handle_init_producer_id(ctx, req):
+    door = ctx.door
+    mod = response_module(ctx)
+    if req.transactional_id is not None:
+        return make(mod.InitProducerIdResponse, throttle_time=ZERO_MS,
+                    error_code=ErrorCode.invalid_request, producer_id=-1, producer_epoch=-1)
+    pid = getattr(req, "producer_id", -1)
+    epoch = getattr(req, "producer_epoch", -1)
+    st = door.producers.get(pid) if pid >= 0 else None
+    if st is not None and epoch == st.epoch and st.epoch < 32767:
+        st.epoch += 1
+        st.partitions.clear()
+    else:
+        if st is not None and epoch != st.epoch:
+            return make(mod.InitProducerIdResponse, throttle_time=ZERO_MS,
+                        error_code=ErrorCode.invalid_producer_epoch, producer_id=-1,
+                        producer_epoch=-1)
+        st = door.new_producer()
+    return make(mod.InitProducerIdResponse, throttle_time=ZERO_MS, error_code=ErrorCode.none,
+                producer_id=st.producer_id, producer_epoch=st.epoch)

@@ -1,0 +1,92 @@
+"""Metadata (key 3): this one node, the cluster id, topics and their partitions.
+
+Node id 0 leads every partition (replicas and ISR are [0]). Topics asked for by
+name that do not exist are created on the spot when the server allows it
+(``--auto-create``, default on) and the request does too (v4+
+``allow_auto_topic_creation``; always for v0-v3, as in Kafka), with
+``--default-partitions`` partitions. Unlike Kafka, creation is synchronous, so
+the first answer already lists the partitions (no LEADER_NOT_AVAILABLE round).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kio.schema.errors import ErrorCode
+
+from umlog import errors as E
+
+from ._util import ZERO_MS, make, response_module
+
+API_KEY = 3
+API_VERSIONS = (0, 12)
+
+log = logging.getLogger("umlog.server.kafka")
+
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
+
+
+def ensure_topic(door, name: str, allow_create: bool):
+    """(topic or None, error code): look up ``name``, auto-creating it when allowed."""
+    b = door.broker
+    try:
+        return b.topic(name), ErrorCode.none
+    except E.UnknownTopicError:
+        pass
+    if not (allow_create and door.auto_create):
+        return None, ErrorCode.unknown_topic_or_partition
+    try:
+        t = b.create_topic(name, partitions=door.default_partitions)
+        log.info("auto-created topic %r with %d partition(s)", name, door.default_partitions)
+        return t, ErrorCode.none
+    except E.TopicExistsError:
+        return b.topic(name), ErrorCode.none
+    except (ValueError, E.InvalidConfigError):
+        return None, ErrorCode.invalid_topic_exception
+
+
+def topic_entry(ctx, mod, name, topic, code):
+    door = ctx.door
+    parts = ()
+    if topic is not None:
+        parts = tuple(
+            make(mod.MetadataResponsePartition, error_code=ErrorCode.none, partition_index=i,
+                 leader_id=door.node_id, leader_epoch=0, replica_nodes=(door.node_id,),
+                 isr_nodes=(door.node_id,), offline_replicas=())
+            for i in range(topic.num_partitions))
+    return make(mod.MetadataResponseTopic, error_code=code, name=name,
+                topic_id=door.topic_id(name) if topic is not None else None,
+                is_internal=name in INTERNAL_TOPICS, partitions=parts,
+                topic_authorized_operations=-2147483648)
+
+
+async def handle_metadata(ctx, req):
+    door = ctx.door
+    mod = response_module(ctx)
+    requested = req.topics
+    if requested is not None and ctx.version == 0 and len(requested) == 0:
+        requested = None  # v0: an empty list means every topic
+    allow = bool(getattr(req, "allow_auto_topic_creation", True))
+    entries = []
+    if requested is None:
+        for name in sorted(door.broker.topics()):
+            try:
+                t = door.broker.topic(name)
+            except E.UnknownTopicError:  # deleted meanwhile
+                continue
+            entries.append(topic_entry(ctx, mod, name, t, ErrorCode.none))
+    else:
+        for rt in requested:
+            name = rt.name
+            if name is None:  # by topic id only: we do not resolve ids
+                entries.append(make(mod.MetadataResponseTopic, error_code=ErrorCode.unknown_topic_id,
+                                    name=None, topic_id=rt.topic_id, is_internal=False,
+                                    partitions=(), topic_authorized_operations=-2147483648))
+                continue
+            t, code = ensure_topic(door, name, allow)
+            entries.append(topic_entry(ctx, mod, name, t, code))
+    broker = make(mod.MetadataResponseBroker, node_id=door.node_id, host=door.advertise_host,
+                  port=door.advertise_port, rack=None)
+    return make(mod.MetadataResponse, throttle_time=ZERO_MS, brokers=(broker,),
+                cluster_id=door.broker.cluster_id, controller_id=door.node_id,
+                topics=tuple(entries), cluster_authorized_operations=-2147483648)

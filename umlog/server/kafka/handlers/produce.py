@@ -1,0 +1,195 @@
+"""Produce (key 0): validate, sequence-check and append record batches as received.
+
+Decoded by ``wire.decode_produce_request``: each partition's records are a view
+of the request frame, handed to ``Partition.append_batches`` which validates
+every batch natively (CRC, magic, count, offset deltas), assigns offsets in place
+and stores the bytes as they are, compressed or not. A refused batch stores
+nothing and answers CORRUPT_MESSAGE.
+
+Versions: we decode v3-v11 (RecordBatch v2 only) but advertise from v0, because
+librdkafka 2.0.2 (Debian's kcat) enables its MsgVer1 feature, and with it
+compression, only if Produce v2 overlaps our range (rdkafka_feature.c,
+RD_KAFKA_FEATURE_MSGVER1). Clients pick the highest common version, so v0-v2
+never arrive from them; if one does, the connection is closed (no schema).
+
+Idempotent producers (producerId >= 0 in the batch header), as Kafka's
+ProducerStateManager: one batch per partition per request; an epoch older than
+the producer's is INVALID_PRODUCER_EPOCH; a batch whose sequence range equals
+one of the last 5 appended for that producer and partition is a duplicate and
+is acknowledged with its original offsets without storing it again; any other
+sequence that does not follow the last one is OUT_OF_ORDER_SEQUENCE_NUMBER. A
+producer id this process did not issue (e.g. issued before a restart) starts
+fresh at whatever sequence it sends.
+
+``--fsync always``: the response waits for a group-committed fdatasync that
+started after the appends (``door.GroupCommit``).
+
+Check-then-append runs without an await in between, so concurrent requests
+from several connections cannot interleave between the sequence check and the
+append.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+
+from kio.schema.errors import ErrorCode
+
+from umlog import errors as E
+
+from ..door import PRODUCER_BATCH_CACHE, BatchRecord, ProducerState
+from ..errors import error_code_for
+from ..wire import decode_produce_request, encode_produce_response
+
+API_KEY = 0
+API_VERSIONS = (3, 11)
+ADVERTISED_VERSIONS = (0, 11)
+
+log = logging.getLogger("umlog.server.kafka")
+
+# RecordBatch v2 header fields we read here (layout drawn in umlog/_native/core.pyi).
+_LENGTH = struct.Struct(">i")  # batchLength at 8
+_MAGIC_OFFSET = 16
+_LAST_OFFSET_DELTA = struct.Struct(">i")  # at 23
+_PRODUCER = struct.Struct(">qhi")  # producerId, producerEpoch, baseSequence at 43
+_HEADER = 61
+_INT32_MAX = 0x7FFFFFFF
+
+
+def decode_request(buf: memoryview, pos: int, version: int):
+    return decode_produce_request(buf, pos, version)
+
+
+class _Refused(Exception):
+    def __init__(self, code: ErrorCode, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
+def _batch_headers(records: memoryview):
+    """[(pos, size, last_offset_delta, producer_id, epoch, base_sequence)] of every batch."""
+    out = []
+    pos = 0
+    n = len(records)
+    while pos < n:
+        if n - pos < _HEADER:
+            raise _Refused(ErrorCode.corrupt_message, f"truncated batch header at position {pos}")
+        (length,) = _LENGTH.unpack_from(records, pos + 8)
+        size = 12 + length
+        if length < _HEADER - 12 or pos + size > n:
+            raise _Refused(ErrorCode.corrupt_message, f"bad batch length {length} at position {pos}")
+        magic = records[pos + _MAGIC_OFFSET]
+        if magic != 2:
+            raise _Refused(ErrorCode.unsupported_for_message_format,
+                           f"magic {magic} at position {pos} (only RecordBatch v2)")
+        (lod,) = _LAST_OFFSET_DELTA.unpack_from(records, pos + 23)
+        pid, epoch, seq = _PRODUCER.unpack_from(records, pos + 43)
+        out.append((pos, size, lod, pid, epoch, seq))
+        pos += size
+    return out
+
+
+def _seq_add(seq: int, n: int) -> int:
+    """Sequences wrap from INT32_MAX to 0 (Kafka DefaultRecordBatch.incrementSequence)."""
+    if seq > _INT32_MAX - n:
+        return n - (_INT32_MAX - seq) - 1
+    return seq + n
+
+
+def _append_one(door, topic_name: str, index: int, records: memoryview | None):
+    """Append one partition's records: (error_code, base_offset, append_time, log_start)."""
+    b = door.broker
+    try:
+        t = b.topic(topic_name)
+    except E.UnknownTopicError:
+        return ErrorCode.unknown_topic_or_partition, -1, -1, -1
+    if not 0 <= index < t.num_partitions:
+        return ErrorCode.unknown_topic_or_partition, -1, -1, -1
+    p = t.partition(index)
+    if records is None or len(records) == 0:
+        return ErrorCode.invalid_record, -1, -1, -1
+    try:
+        batches = _batch_headers(records)
+    except _Refused as r:
+        log.warning("produce to %s-%d refused: %s", topic_name, index, r)
+        return r.code, -1, -1, -1
+
+    pid = batches[0][3]
+    state: ProducerState | None = None
+    cache = None
+    first_seq = last_seq = -1
+    if pid >= 0:
+        if len(batches) != 1:
+            return ErrorCode.invalid_record, -1, -1, -1
+        _, _, lod, pid, epoch, first_seq = batches[0]
+        last_seq = _seq_add(first_seq, lod)
+        state = door.producers.get(pid)
+        if state is None:  # not issued by this process: start fresh
+            state = ProducerState(pid, epoch)
+            door.producers[pid] = state
+            known = False
+        else:
+            known = True
+        if epoch < state.epoch:
+            return ErrorCode.invalid_producer_epoch, -1, -1, -1
+        if epoch > state.epoch:
+            state.epoch = epoch
+            state.partitions.clear()
+        key = (topic_name, index)
+        cache = state.partitions.get(key)
+        if cache:
+            for rec in cache:
+                if rec.first_seq == first_seq and rec.last_seq == last_seq:
+                    return ErrorCode.none, rec.base_offset, rec.append_time, p.start_offset
+            expected = _seq_add(cache[-1].last_seq, 1)
+            if first_seq != expected:
+                log.warning("produce to %s-%d: producer %d sequence %d, expected %d",
+                            topic_name, index, pid, first_seq, expected)
+                return ErrorCode.out_of_order_sequence_number, -1, -1, -1
+        elif known and first_seq != 0:
+            return ErrorCode.out_of_order_sequence_number, -1, -1, -1
+        if cache is None:
+            cache = state.partitions[key] = collections.deque(maxlen=PRODUCER_BATCH_CACHE)
+
+    try:
+        base, last, append_time = p.append_batches(records)
+    except E.CorruptBatchError as e:
+        log.warning("produce to %s-%d refused: %s", topic_name, index, e)
+        return ErrorCode.corrupt_message, -1, -1, -1
+    except Exception as e:
+        code = error_code_for(e)
+        log.error("produce to %s-%d failed: %r", topic_name, index, e)
+        return code, -1, -1, -1
+    if cache is not None:
+        cache.append(BatchRecord(first_seq, last_seq, base, last, append_time))
+    door.notify_append(topic_name, index)
+    return ErrorCode.none, base, append_time, p.start_offset
+
+
+async def handle_produce(ctx, req):
+    door = ctx.door
+    refuse = None
+    if req.acks not in (0, 1, -1):
+        refuse = ErrorCode.invalid_required_acks
+    elif req.transactional_id is not None:
+        refuse = ErrorCode.transactional_id_authorization_failed  # no transactions here
+    results = []
+    appended = False
+    for name, parts in req.topics:
+        rows = []
+        for pd in parts:
+            if refuse is not None:
+                rows.append((pd.index, refuse, -1, -1, -1))
+                continue
+            code, base, append_time, log_start = _append_one(door, name, pd.index, pd.records)
+            appended = appended or (code == ErrorCode.none and base >= 0)
+            rows.append((pd.index, code, base, append_time, log_start))
+        results.append((name, rows))
+    if req.acks == 0:
+        return None
+    gc = door.group_commit
+    if gc is not None and appended:
+        await gc.wait(gc.appended())
+    return [encode_produce_response(ctx.version, results)]
