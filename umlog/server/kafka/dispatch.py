@@ -237,12 +237,16 @@ async def dispatch(conn: KafkaProtocol | None, frame: bytearray, door=None) -> l
             req = api.decode(view, header.body_pos, version)
         else:
             req, used = entity_reader(req_cls)(view.toreadonly(), header.body_pos)
-            if header.body_pos + used != len(view):
-                raise RemoteProtocolError(
-                    f"{len(view) - header.body_pos - used} trailing bytes after {api.name} v{version}")
-    except RemoteProtocolError:
-        raise
+            # Trailing bytes are ignored, as Kafka's own parser does: librdkafka
+            # 2.16 sends 3 extra bytes after a Metadata v12 body.
+            if header.body_pos + used != len(view) and log.isEnabledFor(logging.DEBUG):
+                log.debug("%d trailing bytes after %s v%d", len(view) - header.body_pos - used,
+                          api.name, version)
     except Exception as e:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("undecodable frame (%d bytes): %s", len(view), bytes(view[:256]).hex())
+        if isinstance(e, RemoteProtocolError):
+            raise
         raise RemoteProtocolError(f"cannot decode {api.name} v{version}: {e}") from None
 
     ctx = RequestContext(door, conn, header)

@@ -268,8 +268,7 @@ def decode_produce_request(buf: memoryview, pos: int, version: int) -> ProduceRe
         topics.append((name, parts))  # type: ignore[arg-type]
     if flexible:
         c.tags()
-    if c.pos != c.end:
-        raise RemoteProtocolError(f"{c.end - c.pos} trailing bytes after produce request")
+    # Trailing bytes are ignored, as Kafka does (see dispatch.py).
     return ProduceRequestData(transactional_id, acks, timeout_ms, topics)
 
 
