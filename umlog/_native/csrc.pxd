@@ -1,7 +1,8 @@
 # C declarations of csrc/ (included by core.pyx, not cimported).
 
 from libc.stdint cimport (int8_t, int16_t, int32_t, int64_t, uint8_t,
-                          uint16_t, uint32_t, uint64_t, INT32_MAX, INT32_MIN)
+                          uint16_t, uint32_t, uint64_t, uintptr_t, INT32_MAX,
+                          INT32_MIN)
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport malloc, realloc, free
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
