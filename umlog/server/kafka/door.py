@@ -142,6 +142,9 @@ class KafkaDoor:
         self.fsync = fsync
         self.max_request_size = max_request_size
         self.node_id = node_id
+        from .protocol import MAX_QUEUED_BYTES
+
+        self.max_queued_bytes = MAX_QUEUED_BYTES
         self.connections: set = set()
         self.waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self.producers: dict[int, ProducerState] = {}

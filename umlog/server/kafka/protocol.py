@@ -13,8 +13,8 @@ Kafka requests are size-prefixed frames (``int32 length | header | body``).
   the next one, so responses keep request order (Kafka itself "mutes" a channel
   while one of its requests is in flight; a long-polling Fetch therefore delays
   the requests behind it on the same connection, as in Kafka).
-* Backpressure: reading pauses while more than ``MAX_QUEUED_BYTES`` of frames
-  wait, and resumes when the task has caught up. ``pause_writing`` /
+* Backpressure: reading pauses while more than ``door.max_queued_bytes``
+  (default ``MAX_QUEUED_BYTES``) of frames wait, and resumes when the task has caught up. ``pause_writing`` /
   ``resume_writing`` gate a drain future, awaited before the next request.
 * ``connection_lost`` cancels the task; a long poll waiting in it is cancelled
   with it, which removes its waiters.
@@ -126,7 +126,7 @@ class KafkaProtocol(asyncio.Protocol):
         self._rpos = pos
         if self._frames and self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-        if self._queued > MAX_QUEUED_BYTES and not self._reading_paused:
+        if self._queued > self.door.max_queued_bytes and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
@@ -146,7 +146,7 @@ class KafkaProtocol(asyncio.Protocol):
                     continue
                 frame = self._frames.popleft()
                 self._queued -= len(frame)
-                if self._reading_paused and self._queued <= MAX_QUEUED_BYTES // 2:
+                if self._reading_paused and self._queued <= self.door.max_queued_bytes // 2:
                     self._reading_paused = False
                     self.transport.resume_reading()  # type: ignore[union-attr]
                 try:
