@@ -144,7 +144,9 @@ def encode_batch(
     partition_leader_epoch: int = 0,
 ) -> bytes:
     """One complete RecordBatch v2 (CRC set). len(keys/headers/timestamps) must
-    equal len(values) when given. Empty ``values`` is a ValueError."""
+    equal len(values) when given. Empty ``values`` is a ValueError.
+    With ``log_append_time`` the records keep their timestamps and the batch's
+    maxTimestamp is ``now_ms`` (the append time), as Kafka's broker writes it."""
 
 def encode_batch_arrow(
     values: Any,  # pyarrow BinaryArray/LargeBinaryArray/StringArray (nulls allowed)
@@ -168,9 +170,9 @@ class BatchBuilder:
     def count(self) -> int: ...
     @property
     def size(self) -> int:
-        """Bytes the batch would take if built now, uncompressed (>= 61 when count > 0)."""
+        """Bytes the batch would take if built now, uncompressed (>= 61 when count > 0, 0 when empty)."""
     @property
-    def max_timestamp(self) -> int: ...
+    def max_timestamp(self) -> int: ...  # -1 when empty
     def append(
         self,
         value: Optional[Buffer],
@@ -204,7 +206,7 @@ def batch_info(buf: Buffer, pos: int = 0, end: int = -1) -> BatchInfo:
     """Header only, no CRC, no records (DecodeError if the header is truncated)."""
 
 def set_base_offset(buf: Buffer, pos: int, base_offset: int) -> None:
-    """Write baseOffset in place (writable buffer). The CRC does not cover it."""
+    """Write baseOffset in place (writable buffer, else BufferError). The CRC does not cover it."""
 
 def set_log_append_time(buf: Buffer, pos: int, timestamp: int) -> None:
     """In place: set the LogAppendTime attribute bit, maxTimestamp = timestamp,
