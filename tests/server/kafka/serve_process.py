@@ -10,7 +10,11 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import umlog
+
+# Run the same umlog the tests import (the source tree after build_ext --inplace,
+# or the installed package in CI), from a neutral working directory.
+UMLOG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(umlog.__file__)))
 READY = re.compile(r"umlog ready kafka=127\.0\.0\.1:(\d+)")
 
 
@@ -20,10 +24,10 @@ class ServeProcess:
     def __init__(self, data_dir: str, *args: str, timeout: float = 30.0) -> None:
         self.data_dir = data_dir
         env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "umlog", "serve", "--data-dir", data_dir, "--kafka", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir) or ".", env=env,
         )
         self._err: list[str] = []
         self._t = threading.Thread(target=self._drain_stderr, daemon=True)

@@ -275,3 +275,30 @@ def test_refused_batch_stores_nothing(server):
         assert r.topics[0].partitions[0].offset == 0
     finally:
         conn.close()
+
+
+# --- durability ------------------------------------------------------------------------------------
+
+
+def test_fsync_always_acks_after_group_commit_and_restart_keeps_data(tmp_path):
+    ck = pytest.importorskip("confluent_kafka")
+    data = str(tmp_path / "data")
+    s = ServeProcess(data, "--fsync", "always", "--no-auto-create")
+    try:
+        admin = ck.admin.AdminClient({"bootstrap.servers": s.bootstrap})
+        admin.create_topics([ck.admin.NewTopic("dur", num_partitions=1, replication_factor=1)])["dur"].result()
+        p = ck.Producer({"bootstrap.servers": s.bootstrap, "acks": "all", "linger.ms": 1})
+        for i in range(2000):
+            p.produce("dur", b"r%d" % i)
+        assert p.flush(30) == 0
+        md = admin.list_topics("nope", timeout=10)  # --no-auto-create
+        assert md.topics["nope"].error is not None
+    finally:
+        assert s.stop() == 0, s.stderr_text()
+    s = ServeProcess(data)
+    try:
+        c = ck.Consumer({"bootstrap.servers": s.bootstrap, "group.id": "unused"})
+        assert c.get_watermark_offsets(ck.TopicPartition("dur", 0), timeout=10) == (0, 2000)
+        c.close()
+    finally:
+        assert s.stop() == 0
