@@ -53,7 +53,7 @@ class _Index:
         self.path = path
         self.base_offset = base_offset
         self.writable = writable
-        self.max_entries = max(1, max_bytes // self.entry_size)
+        self.max_entries = max(2, max_bytes // self.entry_size)
         self._mm: pa.MemoryMappedFile | None = None
         self._buf: pa.Buffer | None = None
         self.entries = 0
@@ -121,7 +121,8 @@ class _Index:
 
     @property
     def is_full(self) -> bool:
-        return self.entries >= self.max_entries
+        """One slot stays free for the time index's final entry on roll."""
+        return self.entries >= self.max_entries - 1
 
     def _write_slot(self, slot: int, data: bytes) -> None:
         mm = self._mm
@@ -265,16 +266,21 @@ class TimeIndex(_Index):
     def last_entry(self) -> tuple[int, int] | None:
         return self.entry(self.entries - 1) if self.entries else None
 
-    def maybe_append(self, timestamp: int, offset: int) -> None:
-        """Add (max timestamp so far, its offset) if the timestamp grew."""
+    def maybe_append(self, timestamp: int, offset: int, final: bool = False) -> None:
+        """Add (max timestamp so far, its offset) if the timestamp grew.
+
+        ``final`` (on roll) may use the slot that ``is_full`` keeps free.
+        """
         last = self.last_entry
         if last is not None and (timestamp <= last[0] or offset <= last[1]):
             return
-        if self.is_full:
+        if self.entries >= self.max_entries or (self.is_full and not final):
             return
         rel = offset - self.base_offset
         if not 0 <= rel <= 0xFFFFFFFF:
             raise CorruptIndexError(f"{self.path}: offset {offset} does not fit u32")
+        if timestamp == 0 and rel == 0:
+            return  # an all-zero slot reads as preallocated space (valid_entries)
         self._write_slot(self.entries, _TIME_ENTRY.pack(timestamp, rel))
         self.entries += 1
 

@@ -1,0 +1,209 @@
+"""The embedded API of DESIGN.md, end to end on a real data dir."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import umlog
+from umlog.errors import (
+    DataDirError,
+    DataDirLockedError,
+    InvalidConfigError,
+    OffsetOutOfRangeError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+
+
+def test_quick_start(data_dir):
+    with umlog.open(data_dir) as b:
+        b.create_topic("orders", partitions=4, config={"retention.ms": 86_400_000})
+        assert b.topics() == ["orders"]
+        t = b.topic("orders")
+        md = t.append(b"v", key=b"k", headers=[("h", b"x")], timestamp=1234)
+        assert md.partition == umlog.broker.partition_for_key(b"k", 4)
+        assert (md.offset, md.timestamp) == (0, 1234)
+        offs = t.append_many([b"v1", b"v2"], partition=0)
+        assert list(offs) == ([1, 2] if md.partition == 0 else [0, 1])
+        p = t.partition(md.partition)
+        recs = list(p.read(offset=0, max_records=1000))
+        r = recs[0]
+        assert (r.offset, r.timestamp, r.key, r.value, r.headers) == (0, 1234, b"k", b"v", (("h", b"x"),))
+        assert p.start_offset == 0 and p.end_offset == len(recs)
+        b.flush()
+
+
+def test_reopen_keeps_everything(data_dir):
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", partitions=2)
+        for i in range(1000):
+            t.append(b"value-%d" % i, partition=i % 2)
+        t.append_many([b"x"] * 5000, partition=1)
+    with umlog.open(data_dir) as b:
+        t = b.topic("t")
+        assert t.partition(0).end_offset == 500
+        assert t.partition(1).end_offset == 5500
+        vals = [r.value for r in t.partition(0).read(0)]
+        assert vals == [b"value-%d" % i for i in range(0, 1000, 2)]
+        t.append(b"more", partition=0)
+        assert t.partition(0).end_offset == 501
+
+
+def test_offsets_are_dense_across_rolls(data_dir):
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"segment.bytes": 4096, "index.interval.bytes": 256})
+        for chunk in range(20):
+            t.append_many([b"%06d" % (chunk * 50 + i) for i in range(50)], partition=0)
+            for i in range(10):
+                t.append(b"single", partition=0)
+        p = t.partition(0)
+        assert len(p.segments) >= 4
+        recs = list(p.read(0))
+        assert [r.offset for r in recs] == list(range(p.end_offset))
+        # a read from every offset starts exactly there
+        for off in range(0, p.end_offset, 37):
+            assert next(iter(p.read(off))).offset == off
+        assert list(p.read(p.end_offset)) == []
+        with pytest.raises(OffsetOutOfRangeError):
+            list(p.read(p.end_offset + 1))
+
+
+def test_offset_for_time(data_dir):
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"segment.bytes": 2048, "index.interval.bytes": 128})
+        for i in range(500):
+            t.append(b"x" * 20, timestamp=1_000_000 + i * 10, partition=0)
+        p = t.partition(0)
+        assert p.offset_for_time(0) == 0
+        assert p.offset_for_time(1_000_000 + 2500) == 250
+        assert p.offset_for_time(1_000_000 + 2505) == 251
+        assert p.offset_for_time(1_000_000 + 4990) == 499
+        assert p.offset_for_time(1_000_000 + 4991) is None
+    with umlog.open(data_dir) as b:
+        assert b.topic("t").partition(0).offset_for_time(1_000_000 + 1234) == 124
+
+
+def test_bad_input(data_dir):
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t")
+        with pytest.raises(TypeError):
+            t.append("not bytes")
+        with pytest.raises(TypeError):
+            t.append(b"v", key=12)
+        with pytest.raises(TypeError):
+            t.append_many([b"a", 3], partition=0)
+        for bad in ["", ".", "..", "a" * 250, "white space", "ü"]:
+            with pytest.raises(ValueError):
+                b.create_topic(bad)
+        with pytest.raises(TopicExistsError):
+            b.create_topic("t")
+        with pytest.raises(UnknownTopicError):
+            b.topic("nope")
+        with pytest.raises(InvalidConfigError):
+            b.create_topic("u", config={"retention.ms": "soon"})
+        with pytest.raises(InvalidConfigError):
+            b.create_topic("u", config={"no.such.config": 1})
+        assert b.topics() == ["t"]
+        # a failed append took no offset
+        assert t.partition(0).end_offset == 0
+
+
+def test_foreign_dir_refused(tmp_path):
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(DataDirError, match="not a umlog data dir"):
+        umlog.open(str(d))
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(DataDirError, match="not a directory"):
+        umlog.open(str(f))
+
+
+def test_second_writer_is_refused_with_pid(data_dir):
+    code = (
+        "import sys, umlog, time\n"
+        "b = umlog.open(sys.argv[1])\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, data_dir], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(DataDirLockedError) as e:
+            umlog.open(data_dir)
+        assert e.value.pid == proc.pid
+        assert str(proc.pid) in str(e.value)
+        # a read-only opener needs no lock
+        with umlog.open(data_dir, readonly=True) as r:
+            assert r.topics() == []
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    with umlog.open(data_dir):  # the lock died with its holder
+        pass
+
+
+def test_delete_and_config(data_dir):
+    with umlog.open(data_dir) as b:
+        b.create_topic("a", partitions=3)
+        b.topic("a").append(b"x")
+        b.alter_topic_config("a", set={"retention.ms": "1000"})
+        assert b.topic("a").config["retention.ms"] == 1000
+        with pytest.raises(InvalidConfigError):
+            b.alter_topic_config("a", set={"retention.ms": "-5", "segment.bytes": 10**6})
+        assert b.topic("a").config["segment.bytes"] == 1 << 30  # nothing half-applied
+        b.add_partitions("a", 5)
+        assert b.topic("a").num_partitions == 5
+        b.delete_topic("a")
+        assert b.topics() == []
+        assert [n for n in os.listdir(data_dir) if n.startswith("a-")] == []
+    with umlog.open(data_dir) as b:
+        assert b.topics() == []
+        b.create_topic("a")
+        assert b.topic("a").partition(0).end_offset == 0
+
+
+def test_fsync_modes(data_dir):
+    for mode in ("never", "interval", "always"):
+        d = f"{data_dir}-{mode}"
+        with umlog.open(d, fsync=mode) as b:
+            t = b.create_topic("t")
+            t.append(b"a")
+            t.append_many([b"b", b"c"])
+            p = t.partition(0)
+            if mode == "always":
+                assert p.flushed_offset == 3
+            b.flush()
+            assert p.flushed_offset == p.end_offset == 3
+        with pytest.raises(ValueError):
+            umlog.open(d, fsync="sometimes")
+
+
+def test_log_append_time(data_dir):
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"message.timestamp.type": "LogAppendTime"})
+        md = t.append(b"x", timestamp=5)
+        t.append_many([b"y"], timestamps=[6])
+        recs = list(t.partition(0).read(0))
+        assert all(r.timestamp > 1_600_000_000_000 for r in recs)
+        assert md.offset == 0
+
+
+def test_readonly_tailer_sees_flushed_records(data_dir):
+    with umlog.open(data_dir) as w:
+        t = w.create_topic("t", config={"segment.bytes": 1024})
+        t.append_many([b"a" * 50] * 10, partition=0)
+        w.flush()
+        r = umlog.open(data_dir, readonly=True)
+        try:
+            p = r.topic("t").partition(0)
+            assert [x.offset for x in p.read(0)] == list(range(10))
+            t.append_many([b"b" * 50] * 40, partition=0)  # rolls into new segments
+            w.flush()
+            assert [x.offset for x in p.read(0)] == list(range(50))
+        finally:
+            r.close()

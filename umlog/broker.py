@@ -1,0 +1,495 @@
+"""The embedded broker: a data dir of topics, each a list of partitions.
+
+Data dir layout::
+
+    DATA/.lock                  fcntl lock of the one writer process (holds its pid)
+    DATA/.clean                 present only after a clean close
+    DATA/meta/cluster.json      {"cluster_id", "format"}
+    DATA/meta/topic-<name>.json {"name", "id", "partitions", "config": {overrides}}
+    DATA/<topic>-<partition>/   segments (umlog.log.segment)
+
+Theory of operation
+-------------------
+Opening for writing takes the lock, reads the meta files, removes ``.clean``
+(so that a crash from now on is noticed) and loads every partition: after a
+clean close only each partition's tail is scanned to find its end; otherwise
+the tail is validated batch by batch and truncated at the first bad batch.
+
+A background flusher thread (not with ``fsync="always"``, where appends sync
+themselves) seals per-record batches older than ``linger_ms`` and, with
+``fsync="interval"``, fdatasyncs dirty partitions every ``interval_ms``.
+``close()`` seals and syncs everything, trims the indexes and writes ``.clean``.
+
+The Broker, Topic and Partition objects may be shared between threads:
+mutations of a partition hold its lock, and topic creation/deletion hold
+the broker's lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import threading
+import uuid
+from collections import namedtuple
+from typing import Any, Iterable, Mapping, Sequence
+
+from ._native.core import partition_for_key
+from .config import TopicConfig, validate_topic_name
+from .errors import (
+    BrokerClosedError,
+    DataDirError,
+    DataDirLockedError,
+    ReadOnlyError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from .log.files import atomic_write_json, fsync_dir, parse_partition_dir, partition_dir_name, read_json
+from .log.partition import Partition
+
+__all__ = ["Broker", "Topic", "RecordMetadata", "open_broker", "FSYNC_POLICIES"]
+
+FSYNC_POLICIES = ("never", "interval", "always")
+FORMAT_VERSION = 1
+
+RecordMetadata = namedtuple("RecordMetadata", "partition offset timestamp")
+RecordMetadata.__doc__ = "Where an appended record went: partition, offset, timestamp (ms)."
+_new_metadata = tuple.__new__
+
+
+class Topic:
+    """A named set of partitions with one config.
+
+    ``append`` routes a record to ``partition`` if given, else to the
+    partition of its key's murmur2 hash (as the Java client does), else to a
+    sticky partition that changes when its open batch is sealed.
+    """
+
+    def __init__(self, broker: "Broker", name: str, topic_id: str, config: TopicConfig, partitions: list[Partition]):
+        self._broker = broker
+        self.name = name
+        self.id = topic_id
+        self.config = config
+        self.partitions = partitions
+        self._sticky = 0
+
+    def __repr__(self) -> str:
+        return f"<Topic {self.name!r} partitions={len(self.partitions)}>"
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self.partitions)
+
+    def partition(self, index: int) -> Partition:
+        if not 0 <= index < len(self.partitions):
+            raise IndexError(f"topic {self.name!r} has no partition {index} (it has {len(self.partitions)})")
+        return self.partitions[index]
+
+    def _choose(self, key) -> int:
+        n = len(self.partitions)
+        if key is not None:
+            return partition_for_key(key, n)
+        p = self._sticky
+        if p >= n or not self.partitions[p]._builder.count and n > 1:
+            p = self._sticky = (p + 1) % n
+        return p
+
+    def append(self, value, key=None, headers=None, timestamp=None, partition=None) -> RecordMetadata:
+        """Append one record.
+
+        :param value: bytes-like or None (a tombstone).
+        :param key: bytes-like or None.
+        :param headers: iterable of (str, bytes-like or None) pairs.
+        :param timestamp: ms since the epoch; None means now.
+        :param partition: index; None routes by key (murmur2) or sticky.
+        :return: RecordMetadata(partition, offset, timestamp).
+        :raises TypeError: value or key is not bytes-like.
+        """
+        if partition is None:
+            partition = self._choose(key)
+        elif not 0 <= partition < len(self.partitions):
+            raise IndexError(f"topic {self.name!r} has no partition {partition}")
+        offset, ts = self.partitions[partition].append(value, key, headers, timestamp)
+        return _new_metadata(RecordMetadata, (partition, offset, ts))
+
+    def append_many(
+        self,
+        values: Sequence,
+        keys: Sequence | None = None,
+        headers: Sequence | None = None,
+        timestamps: Sequence | None = None,
+        partition: int | None = None,
+    ):
+        """Append many records as whole batches (the fast path).
+
+        With ``partition`` (or no keys) every record goes to one partition and
+        the result is a ``range`` of their offsets. With keys and no partition,
+        records are grouped by their key's partition and the result is a list
+        of ``(partition, offset)`` pairs in input order.
+        """
+        if partition is not None:
+            return self.partition(partition).append_many(values, keys, headers, timestamps)
+        if keys is None:
+            p = self._choose(None)
+            self._sticky = (p + 1) % len(self.partitions)  # spread successive calls
+            return self.partitions[p].append_many(values, None, headers, timestamps)
+        n = len(self.partitions)
+        if len(keys) != len(values):
+            raise ValueError(f"keys has {len(keys)} items for {len(values)} values")
+        groups: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(self._choose(k) if k is not None else i % n, []).append(i)
+        out: list[Any] = [None] * len(values)
+        for p, idx in groups.items():
+            offsets = self.partitions[p].append_many(
+                [values[i] for i in idx],
+                [keys[i] for i in idx],
+                None if headers is None else [headers[i] for i in idx],
+                None if timestamps is None else [timestamps[i] for i in idx],
+            )
+            for i, o in zip(idx, offsets):
+                out[i] = (p, o)
+        return out
+
+    def flush(self) -> None:
+        for p in self.partitions:
+            p.flush()
+
+
+class Broker:
+    """A data dir opened for writing (one process) or reading (any number)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fsync: str = "never",
+        readonly: bool = False,
+        interval_ms: int = 1000,
+        linger_ms: int = 100,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+        self.path = os.fspath(path)
+        self.fsync = fsync
+        self.readonly = readonly
+        self.interval_ms = interval_ms
+        self.linger_ms = linger_ms
+        self._lock = threading.RLock()
+        self._topics: dict[str, Topic] = {}
+        self._lock_fd = -1
+        self._closed = False
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self.was_clean = True
+        self._open()
+
+    # -- opening -----------------------------------------------------------------
+
+    def _meta(self, *parts: str) -> str:
+        return os.path.join(self.path, "meta", *parts)
+
+    def _open(self) -> None:
+        path = self.path
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise DataDirError(f"{path} is not a directory")
+        if self.readonly:
+            if not os.path.isfile(self._meta("cluster.json")):
+                raise DataDirError(f"{path} is not a umlog data dir (no meta/cluster.json)")
+        else:
+            os.makedirs(path, exist_ok=True)
+            self._take_lock()
+            try:
+                self._init_meta()
+            except BaseException:
+                self._release_lock()
+                raise
+        meta = read_json(self._meta("cluster.json"))
+        self.cluster_id = meta["cluster_id"]
+        clean_path = os.path.join(path, ".clean")
+        self.was_clean = os.path.exists(clean_path)
+        if not self.readonly and self.was_clean:
+            os.unlink(clean_path)  # from now on a crash must be noticed
+            fsync_dir(path)
+        try:
+            self._load_topics()
+        except BaseException:
+            self._release_lock()
+            raise
+        if not self.readonly and self.fsync != "always":
+            self._flusher = threading.Thread(target=self._flush_loop, name="umlog-flusher", daemon=True)
+            self._flusher.start()
+
+    def _take_lock(self) -> None:
+        lock_path = os.path.join(self.path, ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            try:
+                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            except ValueError:
+                pid = None
+            os.close(fd)
+            who = f"process {pid}" if pid else "another process"
+            raise DataDirLockedError(f"data dir {self.path} is locked by {who} (one writer per data dir)", pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    def _init_meta(self) -> None:
+        meta_dir = self._meta()
+        cluster = self._meta("cluster.json")
+        if os.path.isfile(cluster):
+            return
+        foreign = sorted(n for n in os.listdir(self.path) if n not in (".lock", "meta"))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise DataDirError(
+                f"{self.path} is not a umlog data dir and not empty (found {shown}); "
+                "choose an empty or new directory"
+            )
+        os.makedirs(meta_dir, exist_ok=True)
+        atomic_write_json(cluster, {"cluster_id": uuid.uuid4().hex[:22], "format": FORMAT_VERSION})
+        # A brand-new data dir has nothing to recover.
+        open(os.path.join(self.path, ".clean"), "wb").close()
+
+    def _load_topics(self) -> None:
+        metas = {}
+        for name in os.listdir(self._meta()):
+            if name.startswith("topic-") and name.endswith(".json"):
+                m = read_json(self._meta(name))
+                metas[m["name"]] = m
+        unknown = []
+        for entry in os.listdir(self.path):
+            if entry in (".lock", ".clean", "meta"):
+                continue
+            if entry.endswith(".deleting"):
+                if not self.readonly:
+                    shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
+                continue
+            parsed = parse_partition_dir(entry)
+            if parsed is None or parsed[0] not in metas or parsed[1] >= metas[parsed[0]]["partitions"]:
+                unknown.append(entry)
+        if unknown:
+            shown = ", ".join(sorted(unknown)[:5])
+            raise DataDirError(f"{self.path} holds files that are not umlog's: {shown}")
+        for name, m in sorted(metas.items()):
+            self._topics[name] = self._make_topic(m)
+
+    def _make_topic(self, m: dict) -> Topic:
+        cfg = TopicConfig(m.get("config") or {})
+        parts = [
+            Partition(
+                os.path.join(self.path, partition_dir_name(m["name"], i)),
+                m["name"],
+                i,
+                cfg,
+                writable=not self.readonly,
+                clean=self.was_clean,
+                fsync=self.fsync,
+            )
+            for i in range(m["partitions"])
+        ]
+        return Topic(self, m["name"], m["id"], cfg, parts)
+
+    # -- topics ----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosedError(f"broker on {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path} is open read-only")
+
+    def topics(self) -> list[str]:
+        self._check_open()
+        if self.readonly:
+            self._refresh_topics()
+        return sorted(self._topics)
+
+    def _refresh_topics(self) -> None:
+        with self._lock:
+            for name in os.listdir(self._meta()):
+                if name.startswith("topic-") and name.endswith(".json"):
+                    m = read_json(self._meta(name))
+                    t = self._topics.get(m["name"])
+                    if t is None or t.num_partitions != m["partitions"]:
+                        self._topics[m["name"]] = self._make_topic(m)
+
+    def topic(self, name: str) -> Topic:
+        """The topic named ``name``; raises UnknownTopicError."""
+        self._check_open()
+        t = self._topics.get(name)
+        if t is None and self.readonly:
+            self._refresh_topics()
+            t = self._topics.get(name)
+        if t is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        return t
+
+    def create_topic(self, name: str, partitions: int = 1, config: Mapping[str, Any] | None = None) -> Topic:
+        """Create a topic; raises TopicExistsError, ValueError, InvalidConfigError."""
+        self._check_writable()
+        validate_topic_name(name)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise ValueError(f"partitions must be a positive integer, not {partitions!r}")
+        if partitions > 100_000:
+            raise ValueError(f"partitions={partitions} is more than 100000")
+        cfg = TopicConfig(config)
+        with self._lock:
+            if name in self._topics:
+                raise TopicExistsError(f"topic {name!r} already exists")
+            clash = _collides(name, self._topics)
+            if clash:
+                raise TopicExistsError(f"topic {name!r} collides with {clash!r} ('.' and '_' are equivalent in Kafka)")
+            m = {"name": name, "id": str(uuid.uuid4()), "partitions": partitions, "config": _jsonable(cfg.overrides)}
+            atomic_write_json(self._meta(f"topic-{name}.json"), m)
+            t = self._make_topic(m)
+            self._topics[name] = t
+            return t
+
+    def delete_topic(self, name: str) -> None:
+        """Delete a topic and its data (renamed away first, so a crash midway is safe)."""
+        self._check_writable()
+        with self._lock:
+            t = self.topic(name)
+            del self._topics[name]
+            for p in t.partitions:
+                with p.lock:
+                    for seg in p.segments:
+                        seg.close()
+                d = p.directory
+                if os.path.isdir(d):
+                    os.rename(d, d + "." + uuid.uuid4().hex[:8] + ".deleting")
+            os.unlink(self._meta(f"topic-{name}.json"))
+            fsync_dir(self._meta())
+            for entry in os.listdir(self.path):
+                if entry.endswith(".deleting"):
+                    shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
+
+    def alter_topic_config(self, name: str, set: Mapping[str, Any] | None = None, delete: Iterable[str] = ()) -> TopicConfig:
+        """Validate and apply config changes all at once; returns the new config."""
+        self._check_writable()
+        with self._lock:
+            t = self.topic(name)
+            new = t.config.updated(set, list(delete))
+            m = {"name": name, "id": t.id, "partitions": t.num_partitions, "config": _jsonable(new.overrides)}
+            atomic_write_json(self._meta(f"topic-{name}.json"), m)
+            t.config = new
+            for p in t.partitions:
+                with p.lock:
+                    p.config = new
+                    p._log_append_time = new.log_append_time
+            return new
+
+    def add_partitions(self, name: str, total: int) -> Topic:
+        """Grow a topic to ``total`` partitions (Kafka CreatePartitions)."""
+        self._check_writable()
+        with self._lock:
+            t = self.topic(name)
+            if not isinstance(total, int) or total <= t.num_partitions:
+                raise ValueError(f"topic {name!r} has {t.num_partitions} partitions; {total!r} is not more")
+            m = {"name": name, "id": t.id, "partitions": total, "config": _jsonable(t.config.overrides)}
+            for i in range(t.num_partitions, total):
+                t.partitions.append(
+                    Partition(
+                        os.path.join(self.path, partition_dir_name(name, i)), name, i, t.config,
+                        writable=True, clean=True, fsync=self.fsync,
+                    )
+                )
+            atomic_write_json(self._meta(f"topic-{name}.json"), m)
+            return t
+
+    # -- durability -------------------------------------------------------------------
+
+    def _partitions(self) -> list[Partition]:
+        return [p for t in list(self._topics.values()) for p in t.partitions]
+
+    def flush(self) -> None:
+        """Make everything appended so far durable (all fsync modes)."""
+        self._check_open()
+        for p in self._partitions():
+            p.flush(durable=True)
+
+    def sync(self) -> None:
+        """fdatasync every partition with unsynced appends (group commit for the door)."""
+        for p in self._partitions():
+            if p.flushed_offset < p.end_offset:
+                p.sync()
+
+    def _flush_loop(self) -> None:
+        linger = self.linger_ms / 1000
+        interval = self.interval_ms / 1000
+        tick = min(linger, interval) if self.fsync == "interval" else linger
+        last_sync = 0.0
+        import time
+
+        while not self._stop.wait(tick):
+            try:
+                for p in self._partitions():
+                    p.maybe_linger(linger)
+                if self.fsync == "interval" and time.monotonic() - last_sync >= interval:
+                    last_sync = time.monotonic()
+                    self.sync()
+            except Exception:  # a failing disk must not kill the thread silently forever
+                import logging
+
+                logging.getLogger("umlog").exception("background flush failed")
+
+    def close(self) -> None:
+        """Seal, sync, trim indexes, write ``.clean``, release the lock. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        with self._lock:
+            self._closed = True
+            for p in self._partitions():
+                p.close()
+            if not self.readonly:
+                open(os.path.join(self.path, ".clean"), "wb").close()
+                fsync_dir(self.path)
+                self._release_lock()
+
+    def __enter__(self) -> "Broker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "readonly" if self.readonly else f"fsync={self.fsync}"
+        return f"<Broker {self.path!r} {mode} topics={len(self._topics)}>"
+
+
+def _collides(name: str, existing: Iterable[str]) -> str | None:
+    norm = name.replace(".", "_")
+    for other in existing:
+        if other != name and other.replace(".", "_") == norm:
+            return other
+    return None
+
+
+def _jsonable(overrides: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in overrides.items()}
+
+
+def open_broker(path, *, fsync: str = "never", readonly: bool = False, **kw) -> Broker:
+    return Broker(path, fsync=fsync, readonly=readonly, **kw)
