@@ -430,3 +430,29 @@ def test_record_class():
     import pickle
     assert pickle.loads(pickle.dumps(r)) == r
     assert "offset=1" in repr(r)
+
+
+def test_inputs_mutated_during_encode_are_an_error_not_an_overrun():
+    values = [b"x" * 100 for _ in range(10)]
+    hdrs = [[("h", b"y" * 50)] for _ in range(10)]
+
+    class Evil:
+        def __index__(self):
+            values[:] = [b"" for _ in range(len(values))]
+            hdrs[0][:] = [("h", b"z" * 5000)]
+            return 5
+
+    with pytest.raises(RuntimeError):
+        core.encode_batch(values, timestamps=[Evil()] + [1] * 9)
+    values[:] = [b"x" * 100 for _ in range(10)]
+
+    class Shrink:
+        def __index__(self):
+            del values[5:]
+            return 5
+
+    with pytest.raises(RuntimeError):
+        core.encode_batch(values, timestamps=[Shrink()] + [1] * 9)
+    values[:] = [b"x" * 100 for _ in range(10)]
+    with pytest.raises(RuntimeError):
+        core.encode_batch(values, headers=hdrs, timestamps=[1] * 9 + [Evil()])

@@ -294,6 +294,7 @@ cdef struct EncSlot:
     int32_t value_len
     int32_t body_len
     int32_t header_count
+    int32_t header_len        # -1: no headers
 
 
 cdef inline int64_t timestamp_of(object t, int64_t now) except? -1:
@@ -384,7 +385,7 @@ def encode_batch(values, keys=None, headers=None, timestamps=None, *,
                 base_ts = max_ts = ts
             elif ts > max_ts:
                 max_ts = ts
-            hl = 0
+            hl = -1
             hc = 0
             if hitems != NULL and <object>hitems[i] is not None:
                 hs = PySequence_Fast(<object>hitems[i], "headers must be sequences of pairs")
@@ -392,12 +393,13 @@ def encode_batch(values, keys=None, headers=None, timestamps=None, *,
                 hfast.append(hs)
             body = (1 + umlog_size_of_varlong(ts - base_ts) + umlog_size_of_varint(<int32_t>i)
                     + umlog_size_of_varint(<int32_t>kl) + umlog_size_of_varint(<int32_t>vl)
-                    + umlog_size_of_varint(hc) + hl)
+                    + umlog_size_of_varint(hc) + (hl if hl > 0 else 0))
             if kl > 0:
                 body += kl
             if vl > 0:
                 body += vl
             check_len(body, "a record")
+            s.header_len = <int32_t>hl
             s.timestamp = ts
             s.key_len = <int32_t>kl
             s.value_len = <int32_t>vl
@@ -406,6 +408,16 @@ def encode_batch(values, keys=None, headers=None, timestamps=None, *,
             total += umlog_size_of_varint(<int32_t>body) + body
             if total > INT32_MAX:
                 check_len(total, "a batch")
+
+        # Pass 1 may have run Python code (__index__ of a timestamp) that
+        # mutated the input lists: re-read them, and check every length again
+        # below before copying, so a mutation is an error and never an overrun.
+        if PySequence_Fast_GET_SIZE(vseq) != n or (
+                kseq is not None and PySequence_Fast_GET_SIZE(kseq) != n):
+            raise RuntimeError("values or keys changed size while encoding")
+        vitems = PySequence_Fast_ITEMS(vseq)
+        if kseq is not None:
+            kitems = PySequence_Fast_ITEMS(kseq)
 
         # pass 2: write
         if codec == C_CODEC_NONE:
@@ -430,14 +442,17 @@ def encode_batch(values, keys=None, headers=None, timestamps=None, *,
             p = umlog_write_varint(p, s.value_len)
             if s.value_len > 0:
                 v = <object>vitems[i]
-                if PyBytes_CheckExact(v):
+                if PyBytes_CheckExact(v) and PyBytes_GET_SIZE(v) == s.value_len:
                     memcpy(p, PyBytes_AS_STRING(v), <size_t>s.value_len)
                     p += s.value_len
                 else:
                     p = value_write(p, v, s.value_len)
-            if hitems != NULL and <object>hitems[i] is not None:
+            if s.header_len >= 0:
+                hs = hfast[hl]
+                if headers_size(hs, &hc) != s.header_len or hc != s.header_count:
+                    raise RuntimeError("headers changed while encoding")
                 p = umlog_write_varint(p, s.header_count)
-                p = write_headers(p, hfast[hl])
+                p = write_headers(p, hs)
                 hl += 1
             else:
                 p[0] = 0

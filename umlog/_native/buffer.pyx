@@ -53,7 +53,7 @@ cdef inline char *value_write(char *p, object o, Py_ssize_t n) except NULL:
     cdef Py_buffer view
     if n <= 0:
         return p
-    if PyBytes_CheckExact(o):
+    if PyBytes_CheckExact(o) and PyBytes_GET_SIZE(o) == n:
         memcpy(p, PyBytes_AS_STRING(o), <size_t>n)
         return p + n
     PyObject_GetBuffer(o, &view, PyBUF_SIMPLE)

@@ -80,6 +80,12 @@ cdef class BatchBuilder:
         cdef int32_t hc = 0
         cdef int64_t ts, delta
         cdef char *p
+        # the timestamp first: converting it may run Python code (__index__),
+        # which must not run between measuring the record and writing it
+        if timestamp is None:
+            ts = wall_ms()
+        else:
+            ts = PyLong_AsLongLong(timestamp)
         if PyBytes_CheckExact(value):
             vl = PyBytes_GET_SIZE(value)
         else:
@@ -93,12 +99,6 @@ cdef class BatchBuilder:
         if headers is not None:
             hseq = PySequence_Fast(headers, "headers must be a sequence of pairs")
             hl = headers_size(hseq, &hc)
-        if timestamp is None:
-            ts = wall_ms()
-            ts_obj = None
-        else:
-            ts = PyLong_AsLongLong(timestamp)
-            ts_obj = timestamp
         if self._count == 0:
             self.base_timestamp = ts
         delta = ts - self.base_timestamp
@@ -137,8 +137,8 @@ cdef class BatchBuilder:
         if self._count == 0 or ts > self._max_timestamp:
             self._max_timestamp = ts
         self._count += 1
-        if ts_obj is not None:
-            return ts_obj
+        if timestamp is not None:
+            return timestamp
         return PyLong_FromLongLong(ts)
 
     def build(self, int64_t base_offset, *, int64_t producer_id=-1,
