@@ -1,3 +1,4 @@
+import importlib
 import os
 import sys
 import warnings
@@ -11,6 +12,6 @@ if ROOT not in sys.path:
 # deprecated (and pytest turns warnings into errors): import it once, quietly.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import kafka.partitioner.default  # noqa: F401
-    import kafka.record.default_records  # noqa: F401
-    import kafka.record.memory_records  # noqa: F401
+    for name in ("kafka.partitioner.default", "kafka.record.default_records",
+                 "kafka.record.memory_records"):
+        importlib.import_module(name)

@@ -216,7 +216,7 @@ def kafka_build(records, codec=0, base_offset=0, transactional=False, producer=(
 def sample_records(n=200):
     return [(1_700_000_000_000 + i, None if i % 3 else b"key%d" % i,
              None if i % 17 == 5 else b"value %d " % i * 20,
-             [("h%d" % j, b"x" * j) for j in range(i % 3)]) for i in range(n)]
+             [(f"h{j}", b"x" * j) for j in range(i % 3)]) for i in range(n)]
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -375,8 +375,8 @@ def test_decode_end_cuts_batch():
 
 def test_decode_topic_partition_and_position():
     seg, parts = segment([2, 2])
-    recs, nxt = core.decode_records(bytearray(b"junk" + seg), 4 + len(parts[0]),
-                                    topic="orders", partition=3)
+    recs, _ = core.decode_records(bytearray(b"junk" + seg), 4 + len(parts[0]),
+                                  topic="orders", partition=3)
     assert [(r.offset, r.topic, r.partition) for r in recs] == [(2, "orders", 3),
                                                                  (3, "orders", 3)]
     with pytest.raises(ValueError):

@@ -110,8 +110,8 @@ def test_offset_not_following():
 
 
 def test_compressed_and_large():
-    seg, parts = segment([50] * 40, codec=core.CODEC_ZSTD)
-    r = core.scan_batches(seg * 1, expect_offset=0)
+    seg, _ = segment([50] * 40, codec=core.CODEC_ZSTD)
+    r = core.scan_batches(seg, expect_offset=0)
     assert r.count == 40 and r.next_offset == 2000
     big = b"".join(core.encode_batch([os.urandom(1000)] * 100, base_offset=100 * i, now_ms=1)
                    for i in range(300))
