@@ -207,3 +207,33 @@ def test_readonly_tailer_sees_flushed_records(data_dir):
             assert [x.offset for x in p.read(0)] == list(range(50))
         finally:
             r.close()
+
+
+def test_sync_covers_segments_rolled_without_a_sync(data_dir):
+    # The Kafka door opens the engine with fsync="never" and group-commits
+    # itself with Broker.sync(): a batch acknowledged after that sync must be
+    # durable even if its segment rolled away before the sync ran.
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"segment.bytes": 1024})
+        for _ in range(10):
+            t.partition(0).append_batches(umlog._native.core.encode_batch([b"x" * 200]))
+        p = t.partition(0)
+        assert len(p.segments) > 3
+        assert any(s.synced_size < s.size for s in p.segments)
+        b.sync()
+        assert all(s.synced_size == s.size for s in p.segments)
+        assert p.flushed_offset == p.end_offset == 10
+
+
+def test_append_batches_uses_a_writable_buffer_in_place(data_dir):
+    with umlog.open(data_dir) as b:
+        p = b.create_topic("t").partition(0)
+        p.append(b"first")
+        frame = bytearray(b"HDR" + umlog._native.core.encode_batch([b"a", b"b"]))
+        view = memoryview(frame)[3:]
+        assert p.append_batches(view)[:2] == (1, 2)
+        assert int.from_bytes(frame[3:11], "big") == 1  # baseOffset assigned in the caller's buffer
+        ro = bytes(umlog._native.core.encode_batch([b"c"]))
+        assert p.append_batches(ro)[:2] == (3, 3)
+        assert ro[:8] == bytes(8)  # a read-only input is copied, not touched
+        assert [r.value for r in p.read(0)] == [b"first", b"a", b"b", b"c"]

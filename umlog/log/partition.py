@@ -333,7 +333,11 @@ class Partition:
         assigned in place; bytes are otherwise stored exactly as received.
         """
         self._check_writable()
-        data = buf if isinstance(buf, bytearray) else bytearray(buf)
+        # Offsets are assigned in place: a writable buffer (the door hands us
+        # views of its receive buffer) is used as is, a read-only one copied.
+        data = memoryview(buf).cast("B")
+        if data.readonly:
+            data = memoryview(bytearray(data))
         total = len(data)
         infos = []
         pos = 0
@@ -418,10 +422,20 @@ class Partition:
             with self.lock:
                 self._seal()
                 target = self._end_offset
-                seg = self.active
-            seg.sync()  # fdatasync: releases the GIL; appends continue meanwhile
+                # Segments rolled without a sync (fsync="never" rolls; the door
+                # opens the engine that way and group-commits itself) come too.
+                dirty = []
+                for s in reversed(self.segments):
+                    if s.synced_size == s.size and s is not self.active:
+                        break
+                    if s.synced_size < s.size:
+                        dirty.append(s)
+                dirty.reverse()
+            for seg in dirty:
+                seg.sync()  # fdatasync: releases the GIL; appends continue meanwhile
             self.flushed_offset = max(self.flushed_offset, target)
-            if seg is self.active:
+            if dirty:
+                seg = dirty[-1]
                 self._write_recovery_point(seg.base_offset, seg.synced_size)
 
     def sync(self) -> None:
