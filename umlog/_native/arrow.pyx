@@ -183,6 +183,8 @@ def encode_batch_arrow(values, keys=None, timestamps=None, *, int64_t base_offse
     if codec == C_CODEC_NONE:
         write_batch_header(PyBytes_AS_STRING(out), total + C_BATCH_HEADER_SIZE, base_offset,
                            0, 0, <int32_t>(n - 1), base_ts, max_ts, -1, -1, -1, <int32_t>n)
+        if UMLOG_DEBUG:
+            debug_check_built(out)
         return out
     return finish_batch(codec, raw, start, total, base_offset, 0, 0, <int32_t>(n - 1),
                         base_ts, max_ts, -1, -1, -1, <int32_t>n)

@@ -283,7 +283,17 @@ cdef bytes finish_batch(int codec, object records, const char *rp, Py_ssize_t rl
     write_batch_header(PyBytes_AS_STRING(out), total, base_offset, partition_leader_epoch,
                        attributes, last_offset_delta, base_timestamp, max_timestamp,
                        producer_id, producer_epoch, base_sequence, records_count)
+    if UMLOG_DEBUG:
+        debug_check_built(out)
     return out
+
+
+cdef inline int debug_check_built(bytes out) except -1:
+    """UMLOG_DEBUG invariant: every batch we build validates, records included."""
+    cdef BatchHeader h
+    check_batch(PyBytes_AS_STRING(out), 0, PyBytes_GET_SIZE(out), True, &h)
+    check_batch_records(PyBytes_AS_STRING(out), 0, &h)
+    return 0
 
 
 # ---- encode_batch ---------------------------------------------------------------
@@ -471,6 +481,8 @@ def encode_batch(values, keys=None, headers=None, timestamps=None, *,
                            partition_leader_epoch, attributes, <int32_t>(n - 1), base_ts,
                            max_ts, producer_id, <int16_t>producer_epoch, base_sequence,
                            <int32_t>n)
+        if UMLOG_DEBUG:
+            debug_check_built(out)
         return out
     return finish_batch(codec, raw, start, total, base_offset, partition_leader_epoch,
                         attributes, <int32_t>(n - 1), base_ts, max_ts, producer_id,

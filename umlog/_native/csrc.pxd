@@ -31,6 +31,11 @@ cdef extern from "Python.h":
     char *PyByteArray_AS_STRING(object o)
     Py_ssize_t PyByteArray_GET_SIZE(object o)
 
+cdef extern from *:
+    # -DUMLOG_DEBUG=0/1 from setup.py; `if UMLOG_DEBUG:` blocks are invariants
+    # the C compiler drops from release builds
+    const bint UMLOG_DEBUG
+
 cdef extern from "endian.h" nogil:
     uint16_t umlog_load_be16(const void *p)
     uint32_t umlog_load_be32(const void *p)
