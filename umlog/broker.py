@@ -33,10 +33,9 @@ import os
 import shutil
 import threading
 import uuid
-from collections import namedtuple
 from typing import Any, Iterable, Mapping, Sequence
 
-from ._native.core import partition_for_key
+from ._native.core import RecordMetadata, TopicAppender, partition_for_key
 from .config import TopicConfig, validate_topic_name
 from .errors import (
     BrokerClosedError,
@@ -54,11 +53,6 @@ __all__ = ["Broker", "Topic", "RecordMetadata", "open_broker", "FSYNC_POLICIES"]
 FSYNC_POLICIES = ("never", "interval", "always")
 FORMAT_VERSION = 1
 
-RecordMetadata = namedtuple("RecordMetadata", "partition offset timestamp")
-RecordMetadata.__doc__ = "Where an appended record went: partition, offset, timestamp (ms)."
-_new_metadata = tuple.__new__
-
-
 class Topic:
     """A named set of partitions with one config.
 
@@ -73,7 +67,18 @@ class Topic:
         self.id = topic_id
         self.config = config
         self.partitions = partitions
-        self._sticky = 0
+        self._appender = TopicAppender([p.lock for p in partitions], self._on_full)
+        self._sync_each = broker.fsync == "always"
+        self._sticky = 0  # append_many's round robin for keyless calls
+        self._readonly = broker.readonly
+        if not self._sync_each and not self._readonly:
+            # The per-record hot path without a Python frame: the instance
+            # attribute shadows the method below, which stays the documented
+            # behaviour (and the path for fsync="always" and read-only
+            # topics). Measured 474 -> 361 ns per append on a loaded machine,
+            # 206 ns quiet (/tmp scripts timing 300,000 appends; see
+            # bench/embedded.py for the figure that counts).
+            self.append = self._appender.append
 
     def __repr__(self) -> str:
         return f"<Topic {self.name!r} partitions={len(self.partitions)}>"
@@ -87,17 +92,17 @@ class Topic:
             raise IndexError(f"topic {self.name!r} has no partition {index} (it has {len(self.partitions)})")
         return self.partitions[index]
 
-    def _choose(self, key) -> int:
-        n = len(self.partitions)
-        if key is not None:
-            return partition_for_key(key, n)
-        p = self._sticky
-        if p >= n or not self.partitions[p]._builder.count and n > 1:
-            p = self._sticky = (p + 1) % n
-        return p
+    def _on_full(self, index: int) -> None:
+        self.partitions[index].seal()
+
+    def _added_partitions(self) -> None:
+        self._appender.set_batches([p.lock for p in self.partitions])
 
     def append(self, value, key=None, headers=None, timestamp=None, partition=None) -> RecordMetadata:
         """Append one record.
+
+        The record goes into its partition's open batch in one native call
+        (see Partition for when that batch is written and synced).
 
         :param value: bytes-like or None (a tombstone).
         :param key: bytes-like or None.
@@ -107,12 +112,12 @@ class Topic:
         :return: RecordMetadata(partition, offset, timestamp).
         :raises TypeError: value or key is not bytes-like.
         """
-        if partition is None:
-            partition = self._choose(key)
-        elif not 0 <= partition < len(self.partitions):
-            raise IndexError(f"topic {self.name!r} has no partition {partition}")
-        offset, ts = self.partitions[partition].append(value, key, headers, timestamp)
-        return _new_metadata(RecordMetadata, (partition, offset, ts))
+        if self._readonly:
+            raise ReadOnlyError(f"topic {self.name!r} is open read-only")
+        md = self._appender.append(value, key, headers, timestamp, partition)
+        if self._sync_each:
+            self.partitions[md.partition].sync_through(md.offset + 1)
+        return md
 
     def append_many(
         self,
@@ -132,15 +137,14 @@ class Topic:
         if partition is not None:
             return self.partition(partition).append_many(values, keys, headers, timestamps)
         if keys is None:
-            p = self._choose(None)
-            self._sticky = (p + 1) % len(self.partitions)  # spread successive calls
+            self._sticky = p = (self._sticky + 1) % len(self.partitions)  # spread successive calls
             return self.partitions[p].append_many(values, None, headers, timestamps)
         n = len(self.partitions)
         if len(keys) != len(values):
             raise ValueError(f"keys has {len(keys)} items for {len(values)} values")
         groups: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
-            groups.setdefault(self._choose(k) if k is not None else i % n, []).append(i)
+            groups.setdefault(partition_for_key(k, n) if k is not None else i % n, []).append(i)
         out: list[Any] = [None] * len(values)
         for p, idx in groups.items():
             offsets = self.partitions[p].append_many(
@@ -394,8 +398,10 @@ class Broker:
             t.config = new
             for p in t.partitions:
                 with p.lock:
+                    p._seal()
                     p.config = new
                     p._log_append_time = new.log_append_time
+                    p._open.set_codec(new.codec)
             return new
 
     def add_partitions(self, name: str, total: int) -> Topic:
@@ -414,6 +420,7 @@ class Broker:
                     )
                 )
             atomic_write_json(self._meta(f"topic-{name}.json"), m)
+            t._added_partitions()
             return t
 
     # -- durability -------------------------------------------------------------------
@@ -421,11 +428,16 @@ class Broker:
     def _partitions(self) -> list[Partition]:
         return [p for t in list(self._topics.values()) for p in t.partitions]
 
-    def flush(self) -> None:
-        """Make everything appended so far durable (all fsync modes)."""
+    def flush(self, durable: bool = True) -> None:
+        """Make everything appended so far durable (all fsync modes).
+
+        ``durable=False`` only writes the open per-record batches to the page
+        cache (visible to tailing readers, safe from a crash of this process,
+        not of the machine).
+        """
         self._check_open()
         for p in self._partitions():
-            p.flush(durable=True)
+            p.flush(durable=durable)
 
     def sync(self) -> None:
         """fdatasync every partition with unsynced appends (group commit for the door)."""

@@ -81,6 +81,11 @@ cdef class BatchBuilder:
 
         :raises TypeError: value/key/header value not bytes-like or None
         """
+        return self._add(value, key, headers, timestamp)
+
+    cdef object _add(self, value, key, headers, timestamp):
+        # The body of append, callable from the native appender without a
+        # Python-level call (appender.pyx).
         cdef Py_ssize_t vl, kl, hl = 0, body
         cdef int32_t hc = 0
         cdef int64_t ts, delta

@@ -40,7 +40,7 @@ import numpy as np
 
 from .._native.core import (
     LOG_OVERHEAD,
-    BatchBuilder,
+    OpenBatch,
     batch_info,
     crc32c,
     decode_records,
@@ -60,6 +60,7 @@ __all__ = ["Partition"]
 READ_CHUNK = 1 << 20  # bytes per pread when decoding records for read()
 APPEND_MANY_BATCH = 4096  # records per batch built by append_many
 BATCH_BYTES = 64 << 10  # an open per-record batch is sealed at this size
+RP_INTERVAL_S = 0.5  # least time between two recovery-point writes
 
 
 def _now_ms() -> int:
@@ -86,21 +87,24 @@ class Partition:
         self.config = config
         self.writable = writable
         self.fsync = fsync
-        self.lock = threading.Lock()
+        # The open per-record batch, the next offset and the lock guarding
+        # both and the segments: one native object (umlog/_native/appender.pyx)
+        # so that Topic.append can append under the lock in one native call.
+        self._open = OpenBatch(config.codec, 0, BATCH_BYTES)
+        self.lock = self._open
         self._sync_lock = threading.Lock()
+        self._unwritten = None  # a sealed batch whose write failed: retried first
         self.segments: list[LogSegment] = []
         self._bases: list[int] = []
-        self._builder = BatchBuilder(config.codec)
-        self._builder_base = 0  # offset of the open batch's first record
-        self._builder_since = 0.0  # monotonic time of its first record
         self._log_append_time = config.log_append_time
         self.recovered_bytes = 0
         self._rp_fd = -1
+        self._rp_time = 0.0
         if writable:
             os.makedirs(directory, exist_ok=True)
         self._load(clean)
-        self._end_offset = self.segments[-1].next_offset if self.segments else 0
-        self.flushed_offset = self._end_offset
+        self._open.next_offset = self.segments[-1].next_offset if self.segments else 0
+        self.flushed_offset = self._open.next_offset
         self.start_offset = self._first_offset()
 
     def __repr__(self) -> str:
@@ -215,18 +219,18 @@ class Partition:
                     return batch_info(seg.read(0, 61), 0).base_offset
                 except DecodeError:
                     return seg.base_offset
-        return self._end_offset
+        return self._open.next_offset
 
     # -- offsets -----------------------------------------------------------------
 
     @property
     def end_offset(self) -> int:
         """The next offset to be assigned (records in the open batch included)."""
-        return self._end_offset
+        return self._open.next_offset
 
     @property
     def high_watermark(self) -> int:
-        return self._end_offset
+        return self._open.next_offset
 
     @property
     def active(self) -> LogSegment:
@@ -242,17 +246,15 @@ class Partition:
             raise ReadOnlyError(f"partition {self.topic}-{self.index} is open read-only")
 
     def append(self, value, key=None, headers=None, timestamp=None) -> tuple[int, int]:
-        """Add one record to the open batch; returns (offset, timestamp)."""
+        """Add one record to the open batch; returns (offset, timestamp).
+
+        ``Topic.append`` does the same in one native call (TopicAppender).
+        """
         self._check_writable()
-        with self.lock:
-            b = self._builder
-            if not b.count:
-                self._builder_base = self._end_offset
-                self._builder_since = time.monotonic()
-            ts = b.append(value, key, headers, timestamp)
-            offset = self._end_offset
-            self._end_offset = offset + 1
-            if b.size >= BATCH_BYTES or self.fsync == "always":
+        ob = self._open
+        with ob:
+            offset, ts = ob.add(value, key, headers, timestamp)
+            if ob.full or self.fsync == "always":
                 self._seal()
         if self.fsync == "always":
             self.sync_through(offset + 1)
@@ -260,29 +262,35 @@ class Partition:
 
     def _seal(self) -> None:
         """Write the open batch (lock held)."""
-        b = self._builder
-        if not b.count:
+        self._write_unwritten()
+        ob = self._open
+        if not ob.count:
             return
-        base = self._builder_base
-        data = b.build(base)
-        if self._log_append_time:
-            # LogAppendTime topics: the broker's clock stamps the batch.
-            data = bytearray(data)
-            set_log_append_time(data, 0, _now_ms())
+        base = ob.base_offset
+        # LogAppendTime topics: the broker's clock stamps the batch.
+        data = ob.builder.build(base, log_append_time=self._log_append_time)
         info = batch_info(data, 0)
-        self._maybe_roll(len(data), info.last_offset)
         try:
+            self._maybe_roll(len(data), info.last_offset)
             self.active.append(data, info.last_offset, info.max_timestamp, info.last_offset)
         except BaseException:
-            # Nothing of the batch is stored (the segment cut it off): its
-            # offsets are given back so the log stays dense.
-            self._end_offset = base
+            # The records already have offsets that callers were given, so the
+            # batch is kept and written before anything else once the disk
+            # takes it again (the segment cut off any partial write).
+            self._unwritten = (data, info)
             raise
+
+    def _write_unwritten(self) -> None:
+        if self._unwritten is not None:
+            data, info = self._unwritten
+            self._maybe_roll(len(data), info.last_offset)
+            self.active.append(data, info.last_offset, info.max_timestamp, info.last_offset)
+            self._unwritten = None
 
     def seal(self) -> None:
         """Write the open per-record batch, if any, to the segment (page cache)."""
-        if self._builder.count:
-            with self.lock:
+        if self._open.count or self._unwritten is not None:
+            with self._open:
                 self._seal()
 
     def append_many(self, values, keys=None, headers=None, timestamps=None) -> range:
@@ -290,7 +298,7 @@ class Partition:
         self._check_writable()
         n = len(values)
         if n == 0:
-            return range(self._end_offset, self._end_offset)
+            return range(self._open.next_offset, self._open.next_offset)
         for name, seq in (("keys", keys), ("headers", headers), ("timestamps", timestamps)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} values")
@@ -298,9 +306,9 @@ class Partition:
         lat = self._log_append_time
         with self.lock:
             self._seal()
-            first = self._end_offset
+            first = self._open.next_offset
             base = first
-            now = _now_ms()
+            now = _now_ms()  # one clock read per call: timestamps and LogAppendTime
             for start in range(0, n, APPEND_MANY_BATCH):
                 stop = min(n, start + APPEND_MANY_BATCH)
                 whole = start == 0 and stop == n
@@ -319,7 +327,7 @@ class Partition:
                 self._maybe_roll(len(data), last)
                 self.active.append(data, last, info.max_timestamp, last)
                 base = last + 1
-                self._end_offset = base
+                self._open.next_offset = base  # advanced only once the batch is written
             end = base
         if self.fsync == "always":
             self.sync_through(end)
@@ -355,7 +363,7 @@ class Partition:
         lat_ts = -1
         with self.lock:
             self._seal()
-            first = self._end_offset
+            first = self._open.next_offset
             base = first
             if self._log_append_time:
                 lat_ts = _now_ms()
@@ -374,7 +382,7 @@ class Partition:
                 base = int(lasts[i]) + 1
             self._maybe_roll(total, base - 1)
             self.active.append_batches(data, positions, sizes, lasts, maxts)
-            self._end_offset = base
+            self._open.next_offset = base
         if self.fsync == "always":
             self.sync_through(base)
         return first, base - 1, lat_ts
@@ -421,7 +429,7 @@ class Partition:
                 return  # another thread's fdatasync covered us
             with self.lock:
                 self._seal()
-                target = self._end_offset
+                target = self._open.next_offset
                 # Segments rolled without a sync (fsync="never" rolls; the door
                 # opens the engine that way and group-commits itself) come too.
                 dirty = []
@@ -434,14 +442,19 @@ class Partition:
             for seg in dirty:
                 seg.sync()  # fdatasync: releases the GIL; appends continue meanwhile
             self.flushed_offset = max(self.flushed_offset, target)
-            if dirty:
+            # The recovery point only bounds how much a restart re-validates,
+            # so it is recorded at most every RP_INTERVAL_S, not per sync
+            # (one write less per group commit under fsync="always").
+            now = time.monotonic()
+            if dirty and now - self._rp_time >= RP_INTERVAL_S:
+                self._rp_time = now
                 seg = dirty[-1]
                 self._write_recovery_point(seg.base_offset, seg.synced_size)
 
     def sync(self) -> None:
         """Seal and fdatasync everything appended so far."""
         if self.writable:
-            self.sync_through(self._end_offset)
+            self.sync_through(self._open.next_offset)
 
     def flush(self, durable: bool = True) -> None:
         if not self.writable:
@@ -453,7 +466,8 @@ class Partition:
 
     def maybe_linger(self, linger_s: float) -> None:
         """Seal an open batch older than linger_s (the broker's flusher calls this)."""
-        if self._builder.count and time.monotonic() - self._builder_since >= linger_s:
+        since = self._open.since
+        if since and time.monotonic() - since >= linger_s:
             self.seal()
 
     # -- reading -------------------------------------------------------------------
@@ -463,10 +477,10 @@ class Partition:
         return max(i, 0)
 
     def _check_range(self, offset: int) -> None:
-        if offset < self.start_offset or offset > self._end_offset:
+        if offset < self.start_offset or offset > self._open.next_offset:
             raise OffsetOutOfRangeError(
                 f"offset {offset} is out of range for {self.topic}-{self.index}: "
-                f"[{self.start_offset}, {self._end_offset}]"
+                f"[{self.start_offset}, {self._open.next_offset}]"
             )
 
     def refresh(self) -> None:
@@ -490,7 +504,7 @@ class Partition:
         if self.segments:
             tail = self.segments[-1]
             self._scan_tail(tail)
-            self._end_offset = tail.next_offset
+            self._open.next_offset = tail.next_offset
             self.start_offset = self._first_offset()
 
     @staticmethod
@@ -520,7 +534,7 @@ class Partition:
         """
         if offset is None:
             offset = self.start_offset
-        if self._builder.count:
+        if self._open.count:
             self.seal()
         if not self.writable:
             self.refresh()
@@ -535,7 +549,7 @@ class Partition:
         pos = found[0] if found else seg.size
         while remaining != 0:
             if pos >= seg.size:
-                if self._builder.count:
+                if self._open.count:
                     self.seal()
                 if i + 1 >= len(self.segments):
                     return
@@ -564,7 +578,7 @@ class Partition:
         """Stored batch bytes from the batch holding ``offset``: whole batches,
         at least one, else up to max_bytes, from one segment (as Kafka's fetch
         does); ``[]`` at the end of the log."""
-        if self._builder.count:
+        if self._open.count:
             self.seal()
         if not self.writable:
             self.refresh()
@@ -577,7 +591,7 @@ class Partition:
 
     def offset_for_time(self, timestamp: int) -> int | None:
         """The first offset whose record timestamp >= timestamp, or None."""
-        if self._builder.count:
+        if self._open.count:
             self.seal()
         for seg in self.segments:
             if seg.max_timestamp < timestamp and seg is not self.active:
