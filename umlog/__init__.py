@@ -25,12 +25,14 @@ from .errors import (
     DataDirLockedError,
     DecodeError,
     InvalidConfigError,
+    InvalidOffsetError,
     OffsetOutOfRangeError,
     ReadOnlyError,
     TopicExistsError,
     UmlogError,
     UnknownTopicError,
 )
+from .groups import Consumer, Group
 from .log.partition import Partition
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "Broker",
     "Topic",
     "Partition",
+    "Group",
+    "Consumer",
     "Record",
     "RecordMetadata",
     "UmlogError",
@@ -48,6 +52,7 @@ __all__ = [
     "UnknownTopicError",
     "TopicExistsError",
     "InvalidConfigError",
+    "InvalidOffsetError",
     "DataDirLockedError",
     "DataDirError",
     "ReadOnlyError",

@@ -8,6 +8,7 @@
     ├─ CorruptIndexError                     the loader rebuilds; never reaches a client
     ├─ IndexOffsetOverflowError              relative offset > u32: roll
     ├─ OffsetOutOfRangeError                 read below start_offset or past end_offset
+    ├─ InvalidOffsetError(UmlogError, ValueError)  a group commit outside [start, end]
     ├─ UnknownTopicError(UmlogError, KeyError)
     ├─ TopicExistsError
     ├─ InvalidConfigError(UmlogError, ValueError)
@@ -37,6 +38,7 @@ __all__ = [
     "ProtocolError",
     "LocalProtocolError",
     "RemoteProtocolError",
+    "InvalidOffsetError",
 ]
 
 
@@ -117,3 +119,8 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
+
+
+class InvalidOffsetError(UmlogError, ValueError):
+    """A consumer-group commit of an offset the partition does not have: below
+    its start offset, beyond its end offset, or of a partition that does not exist."""
