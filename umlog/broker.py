@@ -52,6 +52,9 @@ __all__ = ["Broker", "Topic", "RecordMetadata", "open_broker", "FSYNC_POLICIES"]
 
 FSYNC_POLICIES = ("never", "interval", "always")
 FORMAT_VERSION = 1
+# Topics the broker keeps for itself: hidden from topics() unless asked for, never
+# deleted by delete_topic. ``__consumer_offsets`` holds committed group offsets.
+INTERNAL_TOPICS = frozenset({"__consumer_offsets"})
 
 class Topic:
     """A named set of partitions with one config.
@@ -185,6 +188,7 @@ class Broker:
         self._topics: dict[str, Topic] = {}
         self._lock_fd = -1
         self._closed = False
+        self._offsets = None  # umlog.groups.offsets.OffsetStore, opened on first use
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.was_clean = True
@@ -321,11 +325,14 @@ class Broker:
         if self.readonly:
             raise ReadOnlyError(f"{self.path} is open read-only")
 
-    def topics(self) -> list[str]:
+    def topics(self, internal: bool = False) -> list[str]:
+        """Topic names, sorted; internal ones (``__consumer_offsets``) only with ``internal=True``."""
         self._check_open()
         if self.readonly:
             self._refresh_topics()
-        return sorted(self._topics)
+        if internal:
+            return sorted(self._topics)
+        return sorted(n for n in self._topics if n not in INTERNAL_TOPICS)
 
     def _refresh_topics(self) -> None:
         with self._lock:
@@ -342,6 +349,9 @@ class Broker:
         t = self._topics.get(name)
         if t is None and self.readonly:
             self._refresh_topics()
+            t = self._topics.get(name)
+        if t is None and name in INTERNAL_TOPICS and not self.readonly:
+            self.offsets  # creates __consumer_offsets on demand, with its config
             t = self._topics.get(name)
         if t is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
@@ -371,6 +381,8 @@ class Broker:
     def delete_topic(self, name: str) -> None:
         """Delete a topic and its data (renamed away first, so a crash midway is safe)."""
         self._check_writable()
+        if name in INTERNAL_TOPICS:
+            raise ValueError(f"topic {name!r} is internal (consumer-group offsets); delete groups instead")
         with self._lock:
             t = self.topic(name)
             del self._topics[name]
@@ -422,6 +434,49 @@ class Broker:
             atomic_write_json(self._meta(f"topic-{name}.json"), m)
             t._added_partitions()
             return t
+
+    # -- consumer groups (umlog.groups sits above the engine: imported lazily) -------------
+
+    @property
+    def offsets(self):
+        """Every group's committed offsets (``umlog.groups.offsets.OffsetStore``):
+        ``__consumer_offsets`` is created if needed and replayed on first use."""
+        self._check_open()
+        store = self._offsets
+        if store is None:
+            with self._lock:
+                if self._offsets is None:
+                    from .groups.offsets import OffsetStore
+
+                    self._offsets = OffsetStore(self)
+                store = self._offsets
+        return store
+
+    def _create_internal_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> Topic:
+        with self._lock:
+            t = self._topics.get(name)
+            return t if t is not None else self.create_topic(name, partitions, config)
+
+    def group(self, name: str):
+        """The committed offsets of consumer group ``name`` (``umlog.groups.Group``)."""
+        from .groups.offsets import Group
+
+        self._check_open()
+        return Group(self, name)
+
+    def groups(self) -> list[str]:
+        """Groups with committed offsets, sorted."""
+        return self.offsets.groups()
+
+    def consume(self, topic, group: str | None = None, *, from_beginning: bool = False, follow: bool = False,
+                timeout: float | None = None, commit_every: int = 1000, max_records: int = 500):
+        """Iterate the records of ``topic`` (a name or several) across all partitions, from
+        ``group``'s committed offsets, committing as it goes (``umlog.groups.Consumer``)."""
+        from .groups.consumer import Consumer
+
+        self._check_open()
+        return Consumer(self, topic, group, from_beginning=from_beginning, follow=follow, timeout=timeout,
+                        commit_every=commit_every, max_records=max_records)
 
     # -- durability -------------------------------------------------------------------
 
