@@ -129,7 +129,11 @@ def test_second_writer_is_refused_with_pid(data_dir):
         "print('locked', flush=True)\n"
         "time.sleep(30)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, data_dir], stdout=subprocess.PIPE, text=True)
+    # cwd elsewhere: `python -c` puts cwd first on sys.path, and the source
+    # tree's umlog/ (no built extension in CI) must not shadow the installed one
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, data_dir], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir)
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(DataDirLockedError) as e:

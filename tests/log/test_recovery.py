@@ -174,7 +174,12 @@ while True:
 def test_sigkill_with_fsync_always_loses_no_acknowledged_append(data_dir):
     acked = {}
     for cycle in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, data_dir], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, data_dir],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(data_dir),  # not the source tree: see test_broker.py
+        )
         deadline = time.monotonic() + 0.4 + cycle * 0.2
         lines = []
         while time.monotonic() < deadline:
