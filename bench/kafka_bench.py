@@ -6,7 +6,12 @@ Starts ``python -m umlog serve`` on a fresh data dir and a free port, then:
    compression) to a 1-partition topic and wait for every delivery report;
 2. consume them back with an assign()-ed consumer from offset 0;
 3. (unless --no-latency) produce-to-consume latency at a paced rate
-   (default 10,000 records/s for 3 s, linger.ms=0, consumer polling).
+   (default 10,000 records/s for 3 s, linger.ms=0, a consumer polling in
+   another process).
+
+Steps 1 and 2 run twice when kcat is installed: with kcat (librdkafka's C
+client: what the server sustains) and with confluent-kafka (librdkafka under a
+Python loop, which costs the client ~1 us per record).
 
 For 1 and 2 it reads the server's utime+stime from /proc/<pid>/stat before and
 after, and prints records/s, MB/s and server CPU seconds per million records.
@@ -111,48 +116,76 @@ def consume(bootstrap: str, topic: str, n: int) -> float:
     return dt
 
 
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+
+
+def produce_kcat(bootstrap: str, topic: str, n: int, size: int, tmp: str) -> float:
+    """kcat -P -l: librdkafka's C producer reading one record per line of a file."""
+    path = os.path.join(tmp, "records.txt")
+    with open(path, "wb") as f:
+        f.write((b"x" * size + b"\n") * n)
+    t0 = time.perf_counter()
+    subprocess.run([KCAT, "-b", bootstrap, "-P", "-t", topic, "-p", "0", "-l", path,
+                    "-X", "linger.ms=5", "-X", "batch.size=1048576", "-X", "acks=1",
+                    "-X", "queue.buffering.max.messages=2000000"], check=True)
+    return time.perf_counter() - t0
+
+
+def consume_kcat(bootstrap: str, topic: str, n: int) -> float:
+    """kcat -C -c N: exits after the N-th record (not at EOF, which would add
+    one long-poll wait of fetch.wait.max.ms at the end)."""
+    t0 = time.perf_counter()
+    subprocess.run([KCAT, "-b", bootstrap, "-C", "-t", topic, "-p", "0", "-o", "beginning",
+                    "-c", str(n), "-q", "-f", "", "-X", "max.partition.fetch.bytes=8388608",
+                    "-X", "fetch.max.bytes=52428800"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+LATENCY_READER = r"""
+import sys, time
+from confluent_kafka import Consumer, TopicPartition
+bootstrap, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-lat", "enable.auto.commit": False,
+              "fetch.wait.max.ms": 500, "fetch.min.bytes": 1, "socket.nagle.disable": True})
+c.assign([TopicPartition(topic, 0, 0)])
+print("ready", flush=True)
+lat = []
+deadline = time.time() + 120
+while len(lat) < total and time.time() < deadline:
+    m = c.poll(0.1)
+    if m is not None and not m.error() and m.value() != b"warm":
+        lat.append(time.time() - float(m.value()))
+c.close()
+print(" ".join("%.6f" % x for x in lat), flush=True)
+"""
+
+
 def latency(bootstrap: str, topic: str, rate: int, seconds: float) -> list[float]:
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    """Produce-to-consume latency: this process produces at a paced rate with
+    linger.ms=0, a consumer in ANOTHER process polls (one Python process with
+    both would measure the GIL's 5 ms switch interval, not the broker)."""
+    from confluent_kafka import Producer
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-lat", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": 500, "fetch.min.bytes": 1})
-    c.assign([TopicPartition(topic, 0, 0)])
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": 1})
-    total = int(rate * seconds)
-    lat: list[float] = []
-    done = threading.Event()
-
-    def reader():
-        while len(lat) < total and not done.is_set():
-            m = c.poll(0.1)  # consume(n, t) would wait for n messages or t
-            if m is not None and not m.error():
-                lat.append(time.perf_counter() - float(m.value()))
-
-    # Create the topic and let the consumer reach its end before measuring.
-    p.produce(topic, repr(time.perf_counter()).encode(), partition=0)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "acks": 1, "socket.nagle.disable": True})
+    p.produce(topic, b"warm", partition=0)  # creates the topic
     p.flush(10)
-    warm = time.perf_counter() + 10
-    while time.perf_counter() < warm:
-        m = c.poll(0.1)
-        if m is not None and not m.error():
-            break
-    t = threading.Thread(target=reader)
-    t.start()
-    time.sleep(0.5)
+    total = int(rate * seconds)
+    reader = subprocess.Popen([sys.executable, "-c", LATENCY_READER, bootstrap, topic, str(total)],
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # the reader's assign and first fetch
     start = time.perf_counter()
     for i in range(total):
-        # Plain sleeps, no spinning: a spinning sender would hold the GIL that the
-        # reader thread needs (5 ms switch interval) and measure that instead.
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        p.produce(topic, repr(time.perf_counter()).encode(), partition=0)
+        p.produce(topic, repr(time.time()).encode(), partition=0)
         p.poll(0)
     p.flush(30)
-    t.join(30)
-    done.set()
-    c.close()
-    return sorted(lat)
+    out = reader.stdout.readline()
+    reader.wait(30)
+    reader.stdout.close()
+    return sorted(float(x) for x in out.split())
 
 
 def main() -> None:
@@ -162,6 +195,7 @@ def main() -> None:
     ap.add_argument("--fsync", default="never", choices=["never", "interval", "always"])
     ap.add_argument("--rate", type=int, default=10_000, help="records/s for the latency run")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-kcat", action="store_true", help="skip the kcat (C client) rows")
     ap.add_argument("--keep", action="store_true", help="keep the data dir")
     a = ap.parse_args()
 
@@ -169,13 +203,18 @@ def main() -> None:
     proc, bootstrap = start_server(os.path.join(tmp, "data"), a.fsync)
     try:
         rows = []
-        cpu0 = server_cpu(proc.pid)
-        dt = produce(bootstrap, "bench", a.records, a.size)
-        cpu1 = server_cpu(proc.pid)
-        rows.append(("produce", a.records / dt, a.records * a.size / dt / 1e6, (cpu1 - cpu0) / a.records * 1e6))
-        dt = consume(bootstrap, "bench", a.records)
-        cpu2 = server_cpu(proc.pid)
-        rows.append(("consume", a.records / dt, a.records * a.size / dt / 1e6, (cpu2 - cpu1) / a.records * 1e6))
+
+        def phase(name, fn, *args):
+            cpu0 = server_cpu(proc.pid)
+            dt = fn(*args)
+            cpu = server_cpu(proc.pid) - cpu0
+            rows.append((name, a.records / dt, a.records * a.size / dt / 1e6, cpu / a.records * 1e6))
+
+        if KCAT and not a.no_kcat:
+            phase("produce (kcat)", produce_kcat, bootstrap, "bench-kcat", a.records, a.size, tmp)
+            phase("consume (kcat)", consume_kcat, bootstrap, "bench-kcat", a.records)
+        phase("produce (confluent-kafka)", produce, bootstrap, "bench", a.records, a.size)
+        phase("consume (confluent-kafka)", consume, bootstrap, "bench", a.records)
         lat = [] if a.no_latency else latency(bootstrap, "lat", a.rate, 3.0)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -185,9 +224,9 @@ def main() -> None:
 
     print(f"umlog serve --fsync {a.fsync}; {a.records:,} records x {a.size} B; librdkafka "
           f"(linger.ms=5, batch.size=1 MiB, acks=1); client and server on one machine")
-    print(f"{'phase':<10}{'records/s':>14}{'MB/s':>10}{'server CPU s / 1M records':>28}")
+    print(f"{'phase':<28}{'records/s':>12}{'MB/s':>9}{'server CPU s / 1M records':>28}")
     for name, rps, mbs, cpu in rows:
-        print(f"{name:<10}{rps:>14,.0f}{mbs:>10.1f}{cpu:>28.3f}")
+        print(f"{name:<28}{rps:>12,.0f}{mbs:>9.1f}{cpu:>28.3f}")
     if lat:
         def pct(q):
             return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3
