@@ -7,6 +7,7 @@ import sys
 import pytest
 
 import umlog
+from helpers import subprocess_env
 from umlog.errors import (
     DataDirError,
     DataDirLockedError,
@@ -132,7 +133,7 @@ def test_second_writer_is_refused_with_pid(data_dir):
     # cwd elsewhere: `python -c` puts cwd first on sys.path, and the source
     # tree's umlog/ (no built extension in CI) must not shadow the installed one
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, data_dir], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir)
+        [sys.executable, "-c", code, data_dir], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir), env=subprocess_env()
     )
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -241,3 +242,52 @@ def test_append_batches_uses_a_writable_buffer_in_place(data_dir):
         assert p.append_batches(ro)[:2] == (3, 3)
         assert ro[:8] == bytes(8)  # a read-only input is copied, not touched
         assert [r.value for r in p.read(0)] == [b"first", b"a", b"b", b"c"]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_topic_stores_compressed_batches(data_dir, codec):
+    from umlog._native.core import scan_batches
+
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"compression.type": codec})
+        t.append_many([b"value %d " % i + b"x" * 100 for i in range(500)], partition=0)
+        for i in range(50):
+            t.append(b"single %d" % i, key=b"k", partition=0)
+        p = t.partition(0)
+        b.flush()
+        seg = p.active
+        res = scan_batches(seg.read(0, seg.size), 0, -1, 0, True)
+        assert res.count >= 2 and res.valid_end == seg.size
+        assert seg.size < 500 * 100  # compressed on disk
+        vals = [r.value for r in p.read(0)]
+        assert vals == [b"value %d " % i + b"x" * 100 for i in range(500)] + [b"single %d" % i for i in range(50)]
+
+
+def test_lookups_across_many_segments_match_a_model_after_reopen(data_dir):
+    import bisect
+    import random
+
+    rng = random.Random(7)
+    timestamps = []
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"segment.bytes": 3000, "index.interval.bytes": 100})
+        ts = 1_000_000
+        while len(timestamps) < 3000:
+            n = rng.choice([1, 1, 5, 40])
+            batch_ts = []
+            for _ in range(n):
+                ts += rng.choice([0, 1, 7])
+                batch_ts.append(ts)
+            if n == 1:
+                t.append(b"v" * rng.randrange(50), timestamp=batch_ts[0], partition=0)
+            else:
+                t.append_many([b"w" * rng.randrange(30)] * n, timestamps=batch_ts, partition=0)
+            timestamps.extend(batch_ts)
+    with umlog.open(data_dir) as b:
+        p = b.topic("t").partition(0)
+        assert len(p.segments) > 20
+        for off in rng.sample(range(len(timestamps)), 300):
+            assert next(iter(p.read(off, max_records=1))).offset == off
+        for target in rng.sample(range(timestamps[0] - 5, timestamps[-1] + 5), 300):
+            i = bisect.bisect_left(timestamps, target)  # timestamps never decrease here
+            assert p.offset_for_time(target) == (i if i < len(timestamps) else None)

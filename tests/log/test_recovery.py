@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import umlog
+from helpers import subprocess_env
 from umlog._native.core import batch_info
 
 CONFIG = {"segment.bytes": 6000, "index.interval.bytes": 200}
@@ -178,7 +179,7 @@ def test_sigkill_with_fsync_always_loses_no_acknowledged_append(data_dir):
             [sys.executable, "-c", WRITER, data_dir],
             stdout=subprocess.PIPE,
             text=True,
-            cwd=os.path.dirname(data_dir),  # not the source tree: see test_broker.py
+            cwd=os.path.dirname(data_dir), env=subprocess_env(),  # not the source tree: see test_broker.py
         )
         deadline = time.monotonic() + 0.4 + cycle * 0.2
         lines = []
