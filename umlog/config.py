@@ -8,8 +8,9 @@ when it is set, all at once, so that a bad update changes nothing.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .errors import InvalidConfigError
 
@@ -162,7 +163,7 @@ class TopicConfig:
     def is_default(self, key: str) -> bool:
         return key not in self.overrides
 
-    def updated(self, set: Mapping[str, Any] | None = None, delete: Any = ()) -> "TopicConfig":
+    def updated(self, set: Mapping[str, Any] | None = None, delete: Any = ()) -> TopicConfig:
         """A new config with ``set`` applied and ``delete`` keys reset; self is unchanged."""
         for key in delete:
             if key not in TOPIC_CONFIGS:

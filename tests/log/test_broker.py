@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import subprocess_env
 
 import umlog
-from helpers import subprocess_env
 from umlog.errors import (
     DataDirError,
     DataDirLockedError,
@@ -57,7 +57,7 @@ def test_offsets_are_dense_across_rolls(data_dir):
         t = b.create_topic("t", config={"segment.bytes": 4096, "index.interval.bytes": 256})
         for chunk in range(20):
             t.append_many([b"%06d" % (chunk * 50 + i) for i in range(50)], partition=0)
-            for i in range(10):
+            for _ in range(10):
                 t.append(b"single", partition=0)
         p = t.partition(0)
         assert len(p.segments) >= 4
@@ -133,7 +133,11 @@ def test_second_writer_is_refused_with_pid(data_dir):
     # cwd elsewhere: `python -c` puts cwd first on sys.path, and the source
     # tree's umlog/ (no built extension in CI) must not shadow the installed one
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, data_dir], stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir), env=subprocess_env()
+        [sys.executable, "-c", code, data_dir],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(data_dir),
+        env=subprocess_env(),
     )
     try:
         assert proc.stdout.readline().strip() == "locked"

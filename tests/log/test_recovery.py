@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
+from helpers import subprocess_env
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import umlog
-from helpers import subprocess_env
 from umlog._native.core import batch_info
 
 CONFIG = {"segment.bytes": 6000, "index.interval.bytes": 200}

@@ -35,7 +35,8 @@ RecordBatch v2 (magic 2), all big-endian, as Kafka's DefaultRecordBatch::
             [headerKeyLength varint | headerKey utf8 | headerValueLength varint | value]*
 """
 
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional
 
 Buffer = Any
 
@@ -89,19 +90,19 @@ class Record:
 
     offset: int
     timestamp: int  # ms since the epoch
-    key: Optional[bytes]
-    value: Optional[bytes]
-    headers: tuple[tuple[str, Optional[bytes]], ...]  # () when none (shared empty tuple)
-    topic: Optional[str]
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]  # () when none (shared empty tuple)
+    topic: str | None
     partition: int  # -1 when not known
     def __init__(
         self,
         offset: int,
         timestamp: int,
-        key: Optional[bytes],
-        value: Optional[bytes],
+        key: bytes | None,
+        value: bytes | None,
         headers: tuple = (),
-        topic: Optional[str] = None,
+        topic: str | None = None,
         partition: int = -1,
     ) -> None: ...
 
@@ -129,10 +130,10 @@ class BatchInfo:
 # --- encode ---------------------------------------------------------------------
 
 def encode_batch(
-    values: Sequence[Optional[Buffer]],
-    keys: Optional[Sequence[Optional[Buffer]]] = None,
-    headers: Optional[Sequence[Optional[Iterable[tuple[str, Optional[Buffer]]]]]] = None,
-    timestamps: Optional[Sequence[Optional[int]]] = None,
+    values: Sequence[Buffer | None],
+    keys: Sequence[Buffer | None] | None = None,
+    headers: Sequence[Iterable[tuple[str, Buffer | None]] | None] | None = None,
+    timestamps: Sequence[int | None] | None = None,
     *,
     base_offset: int = 0,
     now_ms: int = -1,  # timestamp for records whose timestamp is None; -1 = current time
@@ -175,10 +176,10 @@ class BatchBuilder:
     def max_timestamp(self) -> int: ...  # -1 when empty
     def append(
         self,
-        value: Optional[Buffer],
-        key: Optional[Buffer] = None,
-        headers: Optional[Iterable[tuple[str, Optional[Buffer]]]] = None,
-        timestamp: Optional[int] = None,
+        value: Buffer | None,
+        key: Buffer | None = None,
+        headers: Iterable[tuple[str, Buffer | None]] | None = None,
+        timestamp: int | None = None,
     ) -> int:
         """Add one record; returns the timestamp used (now in ms when None)."""
     def build(
@@ -220,7 +221,7 @@ def decode_records(
     end: int = -1,
     min_offset: int = 0,
     max_records: int = -1,
-    topic: Optional[str] = None,
+    topic: str | None = None,
     partition: int = -1,
     check_crc: bool = False,
 ) -> tuple[list[Record], int]:
@@ -248,7 +249,7 @@ class ScanResult:
     count: int
     valid_end: int  # position just after the last valid batch (== pos when none)
     next_offset: int  # last valid batch's last_offset + 1 (expect_offset when none)
-    error: Optional[str]  # None: stopped at end cleanly; else why it stopped
+    error: str | None  # None: stopped at end cleanly; else why it stopped
     error_position: int  # -1 when error is None
 
 def scan_batches(
@@ -293,7 +294,7 @@ class OpenBatch:
     next_offset: int
     seal_bytes: int
     def __init__(self, codec: int = 0, next_offset: int = 0, seal_bytes: int = 65536) -> None: ...
-    def __enter__(self) -> "OpenBatch": ...
+    def __enter__(self) -> OpenBatch: ...
     def __exit__(self, *exc: Any) -> bool: ...
     def locked(self) -> bool: ...
     @property
@@ -305,7 +306,7 @@ class OpenBatch:
     @property
     def full(self) -> bool: ...
     def set_codec(self, codec: int) -> None: ...
-    def add(self, value: Optional[Buffer], key: Optional[Buffer] = None, headers: Any = None, timestamp: Optional[int] = None) -> tuple[int, int]:
+    def add(self, value: Buffer | None, key: Buffer | None = None, headers: Any = None, timestamp: int | None = None) -> tuple[int, int]:
         """Append to the open batch (caller holds the lock): (offset, timestamp)."""
 
 class TopicAppender:
@@ -315,9 +316,9 @@ class TopicAppender:
     def set_batches(self, batches: list[OpenBatch]) -> None: ...
     def append(
         self,
-        value: Optional[Buffer],
-        key: Optional[Buffer] = None,
+        value: Buffer | None,
+        key: Buffer | None = None,
         headers: Any = None,
-        timestamp: Optional[int] = None,
-        partition: Optional[int] = None,
+        timestamp: int | None = None,
+        partition: int | None = None,
     ) -> RecordMetadata: ...

@@ -114,6 +114,7 @@ async def test_api_versions_unknown_version_gets_v0_body_with_our_ranges(door):
     await settle()
     (resp,) = tr.frames()
     corr, body = resp[:4], resp[4:]
+    assert corr == bytes(frame[8:12])  # the request's correlation id
     code, n = struct.unpack_from(">hi", body, 0)
     assert code == ErrorCode.unsupported_version.value
     keys = {struct.unpack_from(">hhh", body, 6 + 6 * i)[0] for i in range(n)}

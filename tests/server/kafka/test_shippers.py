@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not (RSYSLOGD and OMKAFKA), reason="needs rsyslog and rsyslog-kafka (apt-get install rsyslog-kafka)")
+@pytest.mark.skipif(not (RSYSLOGD and OMKAFKA), reason="needs rsyslog and rsyslog-kafka (apt-get install)")
 @pytest.mark.parametrize("codec", ["none", "snappy"])
 def test_rsyslog_ships_lines_into_a_topic(tmp_path, codec):
     server = ServeProcess(str(tmp_path / "data"), "--default-partitions", "2")

@@ -29,7 +29,8 @@ import io
 import logging
 import struct
 import types
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode

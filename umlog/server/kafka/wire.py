@@ -27,7 +27,7 @@ Malformed input raises ``umlog.errors.RemoteProtocolError`` naming the field
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from umlog.errors import RemoteProtocolError
 
