@@ -589,6 +589,35 @@ class Partition:
                 return [seg.batches_from(found[0], max_bytes)]
         return []
 
+    def producer_batches(self, producer_id: int, max_bytes: int = 8 << 20) -> list:
+        """BatchInfo of one idempotent producer's batches in the log's tail.
+
+        The Kafka door rebuilds its duplicate/sequence state from these for a
+        producer it has not seen since a restart (Kafka rebuilds its
+        ProducerStateManager from the log the same way, from snapshots). Only
+        the last ``max_bytes`` of the active segment are scanned: retries of
+        batches in flight at a crash are all there. Oldest first.
+        """
+        if self._open.count:
+            self.seal()
+        seg = self.active
+        if seg.size == 0:
+            return []
+        oi = seg.offset_index
+        positions = oi.positions()
+        i = int(np.searchsorted(positions, max(0, seg.size - max_bytes), side="left"))
+        start = int(positions[i]) if i < len(positions) else (int(positions[-1]) if len(positions) else 0)
+        if seg.size - start > 2 * max_bytes and len(positions) == 0:
+            start = 0  # no index entries: the segment is small enough anyway
+        data = seg.read(start, seg.size - start)
+        res = scan_batches(data, 0, len(data), -1, False)
+        out = []
+        for pos in res.positions:
+            info = batch_info(data, int(pos))
+            if info.producer_id == producer_id:
+                out.append(info)
+        return out
+
     def offset_for_time(self, timestamp: int) -> int | None:
         """The first offset whose record timestamp >= timestamp, or None."""
         if self._open.count:

@@ -370,3 +370,34 @@ async def test_group_commit_acks_after_sync(tmp_path):
         assert synced and synced[-1] >= 1
     finally:
         b.close()
+
+
+async def test_idempotent_state_is_rebuilt_from_the_log_after_a_restart(door, broker):
+    # A producer's batch was written just before a crash and its ack was lost:
+    # after the restart (a fresh door over the recovered log) the producer's
+    # retry must be acknowledged with the original offsets, not stored twice.
+    broker.create_topic("t")
+    init = request_class(22, 4)(transactional_id=None, transaction_timeout=ms(60000), producer_id=-1,
+                                producer_epoch=-1)
+    r = await call(door, init)
+    pid, epoch = r.producer_id, r.producer_epoch
+
+    def b(seq, n=3):
+        return encode_batch([b"v%d" % seq] * n, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+    for seq in (0, 3, 6):
+        await call(door, produce_request("t", 0, b(seq)))
+    broker.topic("t").append_many([b"other"] * 2, partition=0)  # another writer's records in between
+    restarted = KafkaDoor(broker, advertise_host="127.0.0.1", advertise_port=9092)
+    retry = await call(restarted, produce_request("t", 0, b(6)))
+    p = retry.responses[0].partition_responses[0]
+    assert (p.error_code, p.base_offset) == (ErrorCode.none, 6)
+    assert broker.topic("t").partition(0).end_offset == 11  # nothing stored twice
+    gap = await call(restarted, produce_request("t", 0, b(12)))
+    assert gap.responses[0].partition_responses[0].error_code == ErrorCode.out_of_order_sequence_number
+    nxt = await call(restarted, produce_request("t", 0, b(9)))
+    assert nxt.responses[0].partition_responses[0].base_offset == 11
+    # a producer id nobody has seen starts fresh at any sequence
+    stranger = encode_batch([b"s"], producer_id=pid + 1000, producer_epoch=0, base_sequence=42)
+    ok = await call(restarted, produce_request("t", 0, stranger))
+    assert ok.responses[0].partition_responses[0].error_code == ErrorCode.none

@@ -54,12 +54,15 @@ class BatchRecord:
 class ProducerState:
     """One idempotent producer: its epoch and its recent batches per partition."""
 
-    __slots__ = ("producer_id", "epoch", "partitions")
+    __slots__ = ("producer_id", "epoch", "partitions", "from_log")
 
     def __init__(self, producer_id: int, epoch: int) -> None:
         self.producer_id = producer_id
         self.epoch = epoch
         self.partitions: dict[tuple[str, int], collections.deque[BatchRecord]] = {}
+        # True for a producer id issued before this process started: its state
+        # per partition is rebuilt from the log's tail on first use.
+        self.from_log = False
 
 
 class GroupCommit:

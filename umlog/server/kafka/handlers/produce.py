@@ -18,8 +18,11 @@ the producer's is INVALID_PRODUCER_EPOCH; a batch whose sequence range equals
 one of the last 5 appended for that producer and partition is a duplicate and
 is acknowledged with its original offsets without storing it again; any other
 sequence that does not follow the last one is OUT_OF_ORDER_SEQUENCE_NUMBER. A
-producer id this process did not issue (e.g. issued before a restart) starts
-fresh at whatever sequence it sends.
+producer id this process did not issue (issued before a restart) gets its last
+batches on a partition rebuilt from the tail of that partition's log on first
+use (``_restore_from_log``), so a retry of a batch written just before a crash
+is still recognised; with nothing found it starts fresh at whatever sequence it
+sends.
 
 ``--fsync always``: the response waits for a group-committed fdatasync that
 started after the appends (``door.GroupCommit``).
@@ -126,18 +129,19 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None):
         _, _, lod, pid, epoch, first_seq = batches[0]
         last_seq = _seq_add(first_seq, lod)
         state = door.producers.get(pid)
-        if state is None:  # not issued by this process: start fresh
+        if state is None:  # issued before a restart (or by another broker)
             state = ProducerState(pid, epoch)
+            state.from_log = True
             door.producers[pid] = state
-            known = False
-        else:
-            known = True
+        key = (topic_name, index)
+        if state.from_log and key not in state.partitions:
+            _restore_from_log(state, key, p, t.config.log_append_time)
+        known = not state.from_log or key in state.partitions
         if epoch < state.epoch:
             return ErrorCode.invalid_producer_epoch, -1, -1, -1
         if epoch > state.epoch:
             state.epoch = epoch
             state.partitions.clear()
-        key = (topic_name, index)
         cache = state.partitions.get(key)
         if cache:
             for rec in cache:
@@ -166,6 +170,31 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None):
         cache.append(BatchRecord(first_seq, last_seq, base, last, append_time))
     door.notify_append(topic_name, index)
     return ErrorCode.none, base, append_time, p.start_offset
+
+
+def _restore_from_log(state: ProducerState, key, p, log_append_time: bool) -> None:
+    """Rebuild a pre-restart producer's last batches on one partition from the log.
+
+    A producer whose batch was written just before a crash retries it after the
+    restart: found here, the retry is acknowledged with its original offsets
+    instead of being stored twice. No batch found: the producer starts fresh
+    at whatever sequence it sends (nothing to compare with).
+    """
+    infos = p.producer_batches(state.producer_id)
+    if not infos:
+        return
+    newest = max(i.producer_epoch for i in infos)
+    if newest < state.epoch:
+        return
+    state.epoch = newest
+    cache = collections.deque(maxlen=PRODUCER_BATCH_CACHE)
+    for i in infos:
+        if i.producer_epoch == newest:
+            n = i.last_offset - i.base_offset
+            append_time = i.max_timestamp if log_append_time else -1
+            cache.append(BatchRecord(i.base_sequence, _seq_add(i.base_sequence, n), i.base_offset,
+                                     i.last_offset, append_time))
+    state.partitions[key] = cache
 
 
 async def handle_produce(ctx, req):
