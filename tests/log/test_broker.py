@@ -295,3 +295,32 @@ def test_lookups_across_many_segments_match_a_model_after_reopen(data_dir):
         for target in rng.sample(range(timestamps[0] - 5, timestamps[-1] + 5), 300):
             i = bisect.bisect_left(timestamps, target)  # timestamps never decrease here
             assert p.offset_for_time(target) == (i if i < len(timestamps) else None)
+
+
+def test_segment_ms_rolls_by_age(data_dir):
+    import time
+
+    with umlog.open(data_dir) as b:
+        t = b.create_topic("t", config={"segment.ms": 50})
+        t.append_many([b"a"], partition=0)
+        t.append_many([b"b"], partition=0)
+        assert len(t.partition(0).segments) == 1
+        time.sleep(0.08)
+        t.append_many([b"c"], partition=0)
+        p = t.partition(0)
+        assert [s.base_offset for s in p.segments] == [0, 2]
+        assert [r.value for r in p.read(0)] == [b"a", b"b", b"c"]
+
+
+def test_fsync_interval_syncs_in_the_background(data_dir):
+    import time
+
+    with umlog.open(data_dir, fsync="interval", interval_ms=30, linger_ms=10) as b:
+        t = b.create_topic("t")
+        t.append(b"x", partition=0)  # sits in the open batch until the flusher seals and syncs it
+        p = t.partition(0)
+        deadline = time.monotonic() + 5
+        while p.flushed_offset < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.flushed_offset == p.end_offset == 1
+        assert p.active.synced_size == p.active.size > 0
