@@ -322,3 +322,56 @@ class TopicAppender:
         timestamp: int | None = None,
         partition: int | None = None,
     ) -> RecordMetadata: ...
+
+# --- decode into Arrow buffers (columns.pyx) ----------------------------------------
+
+def decode_columns(
+    buf: Buffer, pos: int = 0, end: int = -1, min_offset: int = 0, max_records: int = -1
+) -> tuple[int, int, tuple]:
+    """Decode whole batches from pos into the buffers of Arrow columns, with the
+    batches, skipping and stopping rules of decode_records; the records are
+    parsed without the GIL. Returns ``(next_pos, count, columns)``, columns
+    being pyarrow Buffers (validity None when no null) and counts::
+
+        (offsets int64, timestamps int64,
+         key_validity, key_offsets int32, key_data, key_nulls,
+         value_validity, value_offsets int32, value_data, value_nulls,
+         header_offsets int32 (list offsets), header_count,
+         header_key_offsets int32, header_key_data,
+         header_value_validity, header_value_offsets int32, header_value_data,
+         header_value_nulls, bad_utf8)
+
+    ``bad_utf8``: some header key is not UTF-8 (the caller replaces it, as
+    decode_records does). umlog/log/table.py makes a RecordBatch of it."""
+
+# --- compaction (compact.pyx) ----------------------------------------------------------
+
+def key_hash(key: Buffer) -> tuple[int, int]:
+    """(h1, h2): the 128-bit key hash record_keys computes (two uint64)."""
+
+def record_keys(buf: Buffer, pos: int = 0, end: int = -1) -> tuple[int, Any, Any, Any, Any]:
+    """The records of the whole batches in [pos, end), control batches skipped:
+    ``(next_pos, offsets int64[], h1 uint64[], h2 uint64[], flags uint8[])``,
+    one entry per record in log order; flags bit 0 = null key (h1 = h2 = 0),
+    bit 1 = null value (tombstone)."""
+
+class BatchFilter:
+    """Rewrites batches keeping the records a mask selects, offsets unchanged:
+    a kept record keeps its bytes; a batch keeps baseOffset, lastOffsetDelta,
+    baseTimestamp, attributes (codec) and producer fields, with recordsCount,
+    maxTimestamp (CreateTime), length and CRC recomputed; a run of batches left
+    empty becomes ONE empty batch (recordsCount 0, timestamps and producer -1)
+    spanning their offsets; control batches are copied. So the output stays
+    offset-contiguous batch to batch. Not thread-safe."""
+
+    records_in: int
+    records_kept: int
+    batches_in: int
+    batches_out: int
+    def filter(self, buf: Buffer, pos: int, end: int, keep: Any) -> tuple[bytes, int]:
+        """Filter the whole batches in [pos, end); ``keep`` is a uint8 array with
+        one entry per record as record_keys numbers them. Returns (bytes,
+        next_pos); an open run of emptied batches is written by a later call
+        or by finish()."""
+    def finish(self) -> bytes:
+        """End an open run of emptied batches: its bytes (maybe empty)."""
