@@ -9,6 +9,7 @@
     ├─ IndexOffsetOverflowError              relative offset > u32: roll
     ├─ OffsetOutOfRangeError                 read below start_offset or past end_offset
     ├─ InvalidOffsetError(UmlogError, ValueError)  a group commit outside [start, end]
+    ├─ InvalidRecordError(UmlogError, ValueError)  a keyless record for a compacted topic
     ├─ UnknownTopicError(UmlogError, KeyError)
     ├─ TopicExistsError
     ├─ InvalidConfigError(UmlogError, ValueError)
@@ -39,6 +40,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "InvalidOffsetError",
+    "InvalidRecordError",
 ]
 
 
@@ -124,3 +126,8 @@ class RemoteProtocolError(ProtocolError):
 class InvalidOffsetError(UmlogError, ValueError):
     """A consumer-group commit of an offset the partition does not have: below
     its start offset, beyond its end offset, or of a partition that does not exist."""
+
+
+class InvalidRecordError(UmlogError, ValueError):
+    """A record the topic refuses: a record without a key for a compacted topic
+    (``cleanup.policy=compact``), as Kafka's INVALID_RECORD."""

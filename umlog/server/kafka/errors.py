@@ -22,6 +22,7 @@ ERROR_CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (E.UnknownTopicError, ErrorCode.unknown_topic_or_partition),
     (E.TopicExistsError, ErrorCode.topic_already_exists),
     (E.InvalidConfigError, ErrorCode.invalid_config),
+    (E.InvalidRecordError, ErrorCode.invalid_record),  # keyless record, compacted topic
     (E.IndexOffsetOverflowError, ErrorCode.kafka_storage_error),
     (E.CorruptIndexError, ErrorCode.kafka_storage_error),
     (E.ReadOnlyError, ErrorCode.not_leader_or_follower),
