@@ -52,6 +52,7 @@ from .._native.core import (
 )
 from ..config import TopicConfig
 from ..errors import CorruptBatchError, DecodeError, OffsetOutOfRangeError, ReadOnlyError
+from . import cleaner, tailing
 from .files import LOG_SUFFIX, parse_segment_name
 from .segment import LogSegment
 
@@ -65,6 +66,10 @@ RP_INTERVAL_S = 0.5  # least time between two recovery-point writes
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _base_offset(seg: LogSegment) -> int:
+    return seg.base_offset
 
 
 class Partition:
@@ -100,6 +105,10 @@ class Partition:
         self.recovered_bytes = 0
         self._rp_fd = -1
         self._rp_time = 0.0
+        # read(follow=True) waits here; notified when a batch reaches the
+        # segment (umlog/log/tailing.py).
+        self._data_cond = threading.Condition(threading.Lock())
+        self._followers = 0
         if writable:
             os.makedirs(directory, exist_ok=True)
         self._load(clean)
@@ -121,13 +130,17 @@ class Partition:
 
     def _load(self, clean: bool) -> None:
         bases = []
+        if self.writable:
+            # Leftovers of an interrupted compaction or deletion: a committed
+            # compaction swap is completed, everything else removed.
+            cleaner.complete_interrupted(self.directory)
+        else:
+            tailing.wait_for_swaps(self.directory)
         if os.path.isdir(self.directory):
             for name in os.listdir(self.directory):
                 parsed = parse_segment_name(name)
                 if parsed and parsed[1] == LOG_SUFFIX:
                     bases.append(parsed[0])
-                elif self.writable and name.endswith((".tmp", ".cleaned", ".swap", ".deleted")):
-                    os.unlink(os.path.join(self.directory, name))  # leftovers of an interrupted operation
         bases.sort()
         kw = self._segment_kwargs()
         rp_base, rp_pos = self._read_recovery_point() if not clean else (0, 0)
@@ -251,14 +264,23 @@ class Partition:
         ``Topic.append`` does the same in one native call (TopicAppender).
         """
         self._check_writable()
+        if key is None and cleaner.is_compacted(self.config):
+            cleaner.check_keys(self.topic, self.index, None)
         ob = self._open
         with ob:
             offset, ts = ob.add(value, key, headers, timestamp)
             if ob.full or self.fsync == "always":
                 self._seal()
+        self._wake()
         if self.fsync == "always":
             self.sync_through(offset + 1)
         return offset, ts
+
+    def _wake(self) -> None:
+        """Wake followers (read(follow=True)) after records became readable."""
+        if self._followers:
+            with self._data_cond:
+                self._data_cond.notify_all()
 
     def _seal(self) -> None:
         """Write the open batch (lock held)."""
@@ -273,6 +295,7 @@ class Partition:
         try:
             self._maybe_roll(len(data), info.last_offset)
             self.active.append(data, info.last_offset, info.max_timestamp, info.last_offset)
+            self._wake()
         except BaseException:
             # The records already have offsets that callers were given, so the
             # batch is kept and written before anything else once the disk
@@ -302,6 +325,8 @@ class Partition:
         for name, seq in (("keys", keys), ("headers", headers), ("timestamps", timestamps)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} values")
+        if cleaner.is_compacted(self.config):
+            cleaner.check_keys(self.topic, self.index, keys)
         codec = self.config.codec
         lat = self._log_append_time
         with self.lock:
@@ -329,6 +354,7 @@ class Partition:
                 base = last + 1
                 self._open.next_offset = base  # advanced only once the batch is written
             end = base
+        self._wake()
         if self.fsync == "always":
             self.sync_through(end)
         return range(first, end)
@@ -360,6 +386,8 @@ class Partition:
             pos += info.size
         if not infos:
             raise CorruptBatchError("no record batch in the request", 0)
+        if cleaner.is_compacted(self.config):
+            cleaner.check_keys(self.topic, self.index, batches=data)
         lat_ts = -1
         with self.lock:
             self._seal()
@@ -383,6 +411,7 @@ class Partition:
             self._maybe_roll(total, base - 1)
             self.active.append_batches(data, positions, sizes, lasts, maxts)
             self._open.next_offset = base
+        self._wake()
         if self.fsync == "always":
             self.sync_through(base)
         return first, base - 1, lat_ts
@@ -476,6 +505,39 @@ class Partition:
         i = bisect_right(self._bases, offset) - 1
         return max(i, 0)
 
+    def _segment_at(self, offset: int) -> LogSegment:
+        """The segment that holds ``offset`` (the first one below all).
+
+        Retention and compaction replace ``self.segments`` by a new list
+        (never in place), so one snapshot of it is always consistent.
+        """
+        segs = self.segments
+        i = bisect_right(segs, offset, key=_base_offset) - 1
+        return segs[max(i, 0)]
+
+    def _next_segment(self, seg: LogSegment, offset: int) -> tuple[LogSegment | None, int]:
+        """Where a reader goes after the end of ``seg``: (segment, offset), or
+        (None, offset) at the end of the log.
+
+        Found by offset, not by list position, as the list may have changed
+        while ``seg`` was read: compaction may have replaced the next segments
+        by one covering the same offsets. If retention deleted the segments a
+        reader had not reached yet, the reader gets OffsetOutOfRangeError, as
+        a Kafka fetch below the log start does; what it holds it finishes
+        reading first (its descriptor stays open, tailing.retire).
+        """
+        self.seal()
+        offset = max(offset, seg.next_offset)
+        nxt = self._segment_at(offset)
+        if nxt is seg:
+            return None, offset
+        if offset < self.start_offset:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} of {self.topic}-{self.index} was deleted by retention while being read; "
+                f"the log now starts at {self.start_offset}"
+            )
+        return nxt, offset
+
     def _check_range(self, offset: int) -> None:
         if offset < self.start_offset or offset > self._open.next_offset:
             raise OffsetOutOfRangeError(
@@ -484,53 +546,26 @@ class Partition:
             )
 
     def refresh(self) -> None:
-        """Read-only tailers: pick up what the writer appended (new segments too)."""
+        """Read-only tailers: pick up what the writer appended, rolled, deleted
+        or compacted since (umlog/log/tailing.py)."""
         if self.writable:
             return
-        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
-        bases = sorted(p[0] for p in map(parse_segment_name, names) if p and p[1] == LOG_SUFFIX)
-        known = set(self._bases)
-        kw = self._segment_kwargs()
-        if self.segments:
-            tail = self.segments[-1]
-            tail.refresh()
-        for base in bases:
-            if base not in known:
-                if self.segments:
-                    self.segments[-1].next_offset = base
-                seg = LogSegment(self.directory, base, active=False, **kw)
-                self.segments.append(seg)
-                self._bases.append(base)
-        if self.segments:
-            tail = self.segments[-1]
-            self._scan_tail(tail)
-            self._open.next_offset = tail.next_offset
-            self.start_offset = self._first_offset()
+        tailing.refresh(self)
 
-    @staticmethod
-    def _scan_tail(seg: LogSegment) -> None:
-        pos = 0
-        ok_end = 0
-        nxt = seg.base_offset
-        size = os.fstat(seg.fd).st_size
-        while pos < size:
-            chunk = os.pread(seg.fd, min(16 << 20, size - pos), pos)
-            res = scan_batches(chunk, 0, len(chunk), -1, False)
-            if res.count:
-                nxt = res.next_offset
-                seg.max_timestamp = max(seg.max_timestamp, int(res.max_timestamps.max()))
-            ok_end = pos + res.valid_end
-            if res.error is not None or res.valid_end == 0:
-                break
-            pos = ok_end
-        seg.size = ok_end
-        seg.next_offset = max(nxt, seg.base_offset)
-
-    def read(self, offset: int | None = None, max_records: int | None = None) -> Iterator:
+    def read(self, offset: int | None = None, max_records: int | None = None, follow: bool = False,
+             timeout: float | None = None) -> Iterator:
         """Records from ``offset`` (default: start_offset) on, in order.
 
         A generator: it reads 1 MiB of batches at a time and decodes them
         natively; records appended while it runs are included.
+
+        :param follow: at the end, wait for new records instead of stopping
+            (in this process: woken by appends; read-only: polling refresh).
+        :param timeout: with ``follow``, stop after this many seconds without
+            a new record (None: never; see umlog/log/tailing.py).
+        :raises OffsetOutOfRangeError: offset below start_offset or past
+            end_offset; also raised mid-iteration if retention deleted the
+            records the reader was about to reach.
         """
         if offset is None:
             offset = self.start_offset
@@ -539,23 +574,23 @@ class Partition:
         if not self.writable:
             self.refresh()
         self._check_range(offset)
+        if follow:
+            return tailing.follow(self, offset, -1 if max_records is None else max_records, timeout)
         return self._read(offset, -1 if max_records is None else max_records)
 
     def _read(self, offset: int, remaining: int) -> Iterator:
         topic, index = self.topic, self.index
-        i = self._segment_for(offset)
-        seg = self.segments[i]
+        seg = self._segment_at(offset)
         found = seg.find_position(offset)
         pos = found[0] if found else seg.size
         while remaining != 0:
             if pos >= seg.size:
-                if self._open.count:
-                    self.seal()
-                if i + 1 >= len(self.segments):
+                nxt, offset = self._next_segment(seg, offset)
+                if nxt is None:
                     return
-                i += 1
-                seg = self.segments[i]
-                pos = 0
+                seg = nxt
+                found = seg.find_position(offset)
+                pos = found[0] if found else seg.size
                 continue
             chunk = seg.read(pos, READ_CHUNK)
             records, used = decode_records(chunk, 0, len(chunk), offset, remaining, topic, index)
@@ -583,7 +618,8 @@ class Partition:
         if not self.writable:
             self.refresh()
         self._check_range(offset)
-        for seg in self.segments[self._segment_for(offset):]:
+        segs = self.segments  # one snapshot (see _segment_at)
+        for seg in segs[max(bisect_right(segs, offset, key=_base_offset) - 1, 0):]:
             found = seg.find_position(offset)
             if found is not None:
                 return [seg.batches_from(found[0], max_bytes)]
@@ -635,6 +671,14 @@ class Partition:
                 if r.timestamp >= timestamp:
                     return r.offset
         return None
+
+    def read_table(self, offset: int | None = None, max_records: int | None = None):
+        """Records from ``offset`` (default: start_offset) as a ``pyarrow.Table``
+        (offset, timestamp, key, value, headers), decoded natively straight into
+        Arrow buffers (umlog/log/table.py)."""
+        from .table import read_table
+
+        return read_table(self, offset, max_records)
 
     # -- life cycle ---------------------------------------------------------------
 
