@@ -98,6 +98,8 @@ class _Index:
         if limit <= 0 or self._buf is None:
             return 0
         buf, size, zero = self._buf, self.entry_size, bytes(self.entry_size)
+        if not self.writable:
+            return self._valid_entries_pread(limit)
         lo, hi = 0, limit  # slots < lo are non-zero; slots >= hi are zero
         while lo < hi:
             mid = (lo + hi) // 2
@@ -106,6 +108,33 @@ class _Index:
             else:
                 hi = mid
         return lo
+
+    def _valid_entries_pread(self, limit: int) -> int:
+        """valid_entries for read-only tailers, probing with pread, not the map.
+
+        The writer trims an active index to its entries when it rolls: a
+        tailer touching a mapped page past the new end of file would get
+        SIGBUS. pread past the end just reads nothing (a zero slot). Slots
+        below the count found here are never trimmed away, so lookups in the
+        map stay safe.
+        """
+        size, zero = self.entry_size, bytes(self.entry_size)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return 0
+        try:
+            lo, hi = 0, limit
+            while lo < hi:
+                mid = (lo + hi) // 2
+                slot = os.pread(fd, size, mid * size)
+                if len(slot) == size and slot != zero:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo
+        finally:
+            os.close(fd)
 
     def refresh(self) -> None:
         """Re-read the entry count (read-only tailers; the writer may have appended)."""
