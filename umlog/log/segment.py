@@ -358,19 +358,30 @@ class LogSegment:
         if offset >= self.next_offset or self.size == 0:
             return None
         _, pos = self.offset_index.lookup(offset)
+        return self._first_batch_from(pos, "last_offset", offset)
+
+    def _first_batch_from(self, pos: int, field: str, least: int) -> tuple[int, int] | None:
+        """(position, base offset) of the first batch at or after ``pos`` whose
+        ``field`` ("last_offset" or "max_timestamp") is >= ``least``, or None.
+
+        Batch headers are scanned natively a chunk at a time (the index put
+        ``pos`` within index.interval.bytes of the answer, usually).
+        """
+        column = field + "s"
         end = self.size
         while pos < end:
             chunk = os.pread(self.fd, min(SEEK_CHUNK, end - pos), pos)
             res = scan_batches(chunk, 0, len(chunk), -1, False)
             if res.count:
-                i = int(np.searchsorted(res.last_offsets, offset, side="left"))
-                if i < res.count:
+                hits = np.flatnonzero(getattr(res, column) >= least)
+                if len(hits):
+                    i = int(hits[0])
                     return pos + int(res.positions[i]), int(res.base_offsets[i])
                 pos += res.valid_end
                 continue
             # The next batch does not fit the chunk: read its header alone.
             info = batch_info(chunk, 0)
-            if info.last_offset >= offset:
+            if getattr(info, field) >= least:
                 return pos, info.base_offset
             pos += info.size
         return None
@@ -394,23 +405,7 @@ class LogSegment:
         found = self.find_position(offset)
         if found is None:
             return None
-        pos = found[0]
-        end = self.size
-        while pos < end:
-            chunk = os.pread(self.fd, min(SEEK_CHUNK, end - pos), pos)
-            res = scan_batches(chunk, 0, len(chunk), -1, False)
-            if res.count:
-                hits = np.flatnonzero(res.max_timestamps >= timestamp)
-                if len(hits):
-                    i = int(hits[0])
-                    return pos + int(res.positions[i]), int(res.base_offsets[i])
-                pos += res.valid_end
-                continue
-            info = batch_info(chunk, 0)
-            if info.max_timestamp >= timestamp:
-                return pos, info.base_offset
-            pos += info.size
-        return None
+        return self._first_batch_from(found[0], "max_timestamp", timestamp)
 
     # -- life cycle --------------------------------------------------------------------
 
