@@ -567,18 +567,28 @@ class Partition:
             end_offset; also raised mid-iteration if retention deleted the
             records the reader was about to reach.
         """
-        if offset is None:
-            offset = self.start_offset
         if self._open.count:
             self.seal()
         if not self.writable:
             self.refresh()
+        if offset is None:
+            offset = self.start_offset
         self._check_range(offset)
         if follow:
             return tailing.follow(self, offset, -1 if max_records is None else max_records, timeout)
         return self._read(offset, -1 if max_records is None else max_records)
 
-    def _read(self, offset: int, remaining: int) -> Iterator:
+    def _prepare_read(self, offset: int) -> None:
+        """What read() does before reading: seal, refresh, check the range."""
+        if self._open.count:
+            self.seal()
+        if not self.writable:
+            self.refresh()
+        self._check_range(offset)
+
+    def _read(self, offset: int, remaining: int, progress: list | None = None) -> Iterator:
+        """The generator behind read(); at the end of the log it stores in
+        ``progress[0]`` the offset it read up to (followers resume there)."""
         topic, index = self.topic, self.index
         seg = self._segment_at(offset)
         found = seg.find_position(offset)
@@ -587,6 +597,8 @@ class Partition:
             if pos >= seg.size:
                 nxt, offset = self._next_segment(seg, offset)
                 if nxt is None:
+                    if progress is not None:
+                        progress[0] = offset
                     return
                 seg = nxt
                 found = seg.find_position(offset)

@@ -74,11 +74,11 @@ def iter_record_batches(p, offset: int | None = None, max_records: int | None = 
 
     :raises OffsetOutOfRangeError: offset below the start or past the end.
     """
-    if offset is None:
-        offset = p.start_offset
     p.seal()
     if not p.writable:
         p.refresh()
+    if offset is None:
+        offset = p.start_offset
     p._check_range(offset)
     remaining = -1 if max_records is None else max_records
     if remaining == 0:

@@ -120,9 +120,15 @@ def follow(p, offset: int, remaining: int, timeout: float | None) -> Iterator:
     idle = None if timeout is None else max(0.0, float(timeout))
     deadline = None if idle is None else time.monotonic() + idle
     while True:
-        end_seen = p.end_offset
+        p._prepare_read(offset)
+        # Where this pass ends: the end of what the segments hold, which can
+        # be less than end_offset (records in the open batch, or in a batch
+        # another thread is writing). Waiting resumes there, so nothing
+        # between is skipped; control batches and compacted-away offsets
+        # below it are not waited for again.
+        progress = [offset]
         got = False
-        for r in p.read(offset, remaining):
+        for r in p._read(offset, remaining, progress):
             yield r
             got = True
             offset = r.offset + 1
@@ -130,9 +136,7 @@ def follow(p, offset: int, remaining: int, timeout: float | None) -> Iterator:
                 remaining -= 1
                 if remaining == 0:
                     return
-        # Everything below end_seen was delivered or skipped (control
-        # batches, compacted-away offsets): do not wait for those again.
-        offset = max(offset, end_seen)
+        offset = max(offset, progress[0])
         if got and idle is not None:
             deadline = time.monotonic() + idle
         if not wait_for_data(p, offset, deadline):
@@ -262,11 +266,15 @@ def _apply_listing(p, listing: dict[int, int]) -> None:
             continue
         try:
             seg = LogSegment(p.directory, base, active=False, **kw)
+            seg._inode = os.fstat(seg.fd).st_ino
+            # The .log and its indexes must be of one generation: a swap that
+            # began meanwhile renames the indexes first, then the log.
+            same = seg._inode == listing[base] == os.stat(seg.log_path).st_ino
         except FileNotFoundError:
-            retire(opened)
-            return  # renamed away since the listing: try again next time
-        seg._inode = os.fstat(seg.fd).st_ino
-        seg._tail_scanned = False
+            same, seg = False, None
+        if not same or os.path.exists(seg.log_path + ".swap"):
+            retire(opened + ([seg] if seg is not None else []))
+            return  # changed since the listing: try again next time
         opened.append(seg)
         new.append(seg)
     if not new:
