@@ -28,6 +28,7 @@ verify positions against the log.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 
@@ -54,7 +55,7 @@ class _Index:
         self.base_offset = base_offset
         self.writable = writable
         self.max_entries = max(2, max_bytes // self.entry_size)
-        self._mm: pa.MemoryMappedFile | None = None
+        self._mm: mmap.mmap | None = None
         self._buf: pa.Buffer | None = None
         self.entries = 0
         self._open(active)
@@ -82,9 +83,22 @@ class _Index:
             self.entries = self.valid_entries(self._buf.size // self.entry_size)
 
     def _map(self, mode: str) -> None:
-        self._mm = pa.memory_map(self.path, mode)
-        self._mm.seek(0)
-        self._buf = self._mm.read_buffer()
+        # Python's mmap, wrapped zero-copy as a pyarrow Buffer. Not
+        # pa.memory_map: its read_buffer() madvise(WILLNEED)s the whole map,
+        # which reads a preallocated 10 MiB index into the page cache, holes
+        # included: ~5 ms per index, 19 s to open 1,000 partitions (measured
+        # with tools/startup_time.py).
+        fd = os.open(self.path, (os.O_RDWR if mode == "r+" else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:  # mmap refuses empty files; nothing to read or write there
+                self._mm, self._buf = None, pa.py_buffer(b"")
+                return
+            access = mmap.ACCESS_WRITE if mode == "r+" else mmap.ACCESS_READ
+            self._mm = mmap.mmap(fd, size, access=access)
+        finally:
+            os.close(fd)  # the map keeps its own descriptor
+        self._buf = pa.py_buffer(self._mm)
 
     def valid_entries(self, limit: int) -> int:
         """Slots before the zero-filled preallocated tail.
@@ -97,17 +111,10 @@ class _Index:
         """
         if limit <= 0 or self._buf is None:
             return 0
-        buf, size, zero = self._buf, self.entry_size, bytes(self.entry_size)
-        if not self.writable:
-            return self._valid_entries_pread(limit)
-        lo, hi = 0, limit  # slots < lo are non-zero; slots >= hi are zero
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if buf[mid * size:(mid + 1) * size].to_pybytes() != zero:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        # With pread for the writer too: probing through the map faults in
+        # 64 KiB around every probe (the kernel's fault-around), 1.3 GB of RSS
+        # for 1,000 partitions opened after a crash.
+        return self._valid_entries_pread(limit)
 
     def _valid_entries_pread(self, limit: int) -> int:
         """valid_entries for read-only tailers, probing with pread, not the map.
@@ -190,10 +197,12 @@ class _Index:
             self._mm.flush()
 
     def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-        self._mm = None
-        self._buf = None  # the mapping lives while a lookup still holds a buffer
+        mm, self._mm, self._buf = self._mm, None, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                pass  # a lookup still holds a view: unmapped when that view goes
 
     def delete(self) -> None:
         self.close()
