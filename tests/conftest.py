@@ -13,3 +13,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 @pytest.fixture
 def data_dir(tmp_path):
     return str(tmp_path / "data")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` and ``fuzz`` tests (long runs) are skipped unless a ``-m``
+    expression selects tests: ``pytest -m slow tests/hardening`` runs them."""
+    if config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="long run: select it with -m slow or -m fuzz (tools/README.md)")
+    for item in items:
+        if "slow" in item.keywords or "fuzz" in item.keywords:
+            item.add_marker(skip)
