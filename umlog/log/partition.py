@@ -515,8 +515,9 @@ class Partition:
         i = bisect_right(segs, offset, key=_base_offset) - 1
         return segs[max(i, 0)]
 
-    def _next_segment(self, seg: LogSegment, offset: int) -> tuple[LogSegment | None, int]:
-        """Where a reader goes after the end of ``seg``: (segment, offset), or
+    def _next_segment(self, seg: LogSegment, offset: int, pos: int) -> tuple[LogSegment | None, int]:
+        """Where a reader at ``pos``, the end of what it has read of ``seg``,
+        goes: (segment, offset) (``seg`` itself if it grew meanwhile), or
         (None, offset) at the end of the log.
 
         Found by offset, not by list position, as the list may have changed
@@ -527,7 +528,12 @@ class Partition:
         reading first (its descriptor stays open, tailing.retire).
         """
         self.seal()
-        offset = max(offset, seg.next_offset)
+        # next_offset before size: a segment's size grows before its
+        # next_offset, so a next_offset past what was read shows up as growth.
+        nxt_offset = seg.next_offset
+        if seg.size > pos:
+            return seg, offset
+        offset = max(offset, nxt_offset)
         nxt = self._segment_at(offset)
         if nxt is seg:
             return None, offset
@@ -595,14 +601,15 @@ class Partition:
         pos = found[0] if found else seg.size
         while remaining != 0:
             if pos >= seg.size:
-                nxt, offset = self._next_segment(seg, offset)
+                nxt, offset = self._next_segment(seg, offset, pos)
                 if nxt is None:
                     if progress is not None:
                         progress[0] = offset
                     return
-                seg = nxt
-                found = seg.find_position(offset)
-                pos = found[0] if found else seg.size
+                if nxt is not seg:
+                    seg = nxt
+                    found = seg.find_position(offset)
+                    pos = found[0] if found else seg.size
                 continue
             chunk = seg.read(pos, READ_CHUNK)
             records, used = decode_records(chunk, 0, len(chunk), offset, remaining, topic, index)

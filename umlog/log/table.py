@@ -18,6 +18,7 @@ Columns (``SCHEMA``)::
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Iterator
 
@@ -67,6 +68,57 @@ def _record_batch(n: int, cols: tuple) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
 
 
+class _SegmentBytes:
+    """A segment's bytes below ``end``: memory-mapped (no copy, no fresh pages
+    for a pread buffer) or, for a read-only tailer's active segment, pread.
+
+    Mapping is safe where the bytes below ``end`` are never truncated: every
+    segment of the writer's process (its active segment is cut only past
+    ``size``, when a write fails) and closed segments (immutable; compaction
+    and retention rename or unlink, which leaves a mapping valid). A tailer's
+    active segment may be cut by a restarting writer's recovery: a mapped page
+    past the new end would be SIGBUS, so it is read with pread.
+    Measured on the dev VM: pread copies at ~2.6 GB/s into a buffer that is
+    often fresh (page faults); a mapping of page-cache pages costs next to
+    nothing (/tmp/rt4.py, 8 MiB chunks of 100-byte records).
+    """
+
+    def __init__(self, seg, mapped: bool) -> None:
+        self.seg = seg
+        self.end = seg.size  # before mapping: the file is at least this long
+        self.map = None
+        if mapped and self.end:
+            self.map = mmap.mmap(seg.fd, self.end, access=mmap.ACCESS_READ)
+
+    def decode(self, pos: int, chunk_bytes: int, offset: int, remaining: int):
+        """decode_columns over whole batches from ``pos``: (next_pos, n, cols)."""
+        end = min(self.end, pos + chunk_bytes)
+        if self.map is not None:
+            buf, base = self.map, 0
+        else:
+            buf, base = self.seg.read(pos, end - pos), pos
+        used, n, cols = decode_columns(buf, pos - base, end - base, offset, remaining)
+        used += base
+        if used == pos and n == 0:
+            # One batch larger than a chunk, or a batch the writer has not finished.
+            head = buf[pos - base:pos - base + 61] if self.map is not None else self.seg.read(pos, 61)
+            if len(head) < 61:
+                return pos, 0, None
+            size = batch_info(head, 0).size
+            if pos + size > self.end:
+                return pos, 0, None
+            if self.map is None:
+                buf, base = self.seg.read(pos, size), pos
+            used, n, cols = decode_columns(buf, pos - base, pos - base + size, offset, remaining)
+            used += base
+        return used, n, cols
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+
+
 def iter_record_batches(p, offset: int | None = None, max_records: int | None = None,
                         chunk_bytes: int = TABLE_CHUNK) -> Iterator[pa.RecordBatch]:
     """The records of partition ``p`` from ``offset`` (default: its start), as
@@ -86,32 +138,38 @@ def iter_record_batches(p, offset: int | None = None, max_records: int | None = 
     seg = p._segment_at(offset)
     found = seg.find_position(offset)
     pos = found[0] if found else seg.size
-    while remaining != 0:
-        if pos >= seg.size:
-            nxt, offset = p._next_segment(seg, offset)
-            if nxt is None:
-                return
-            seg = nxt
-            found = seg.find_position(offset)
-            pos = found[0] if found else seg.size
-            continue
-        chunk = seg.read(pos, chunk_bytes)
-        used, n, cols = decode_columns(chunk, 0, len(chunk), offset, remaining)
-        if used == 0 and n == 0:
-            info = batch_info(chunk, 0) if len(chunk) >= 61 else batch_info(seg.read(pos, 61), 0)
-            if info.size <= len(chunk):
-                return  # nothing decodable (cannot happen for a valid log)
-            chunk = seg.read(pos, info.size)
-            used, n, cols = decode_columns(chunk, 0, len(chunk), offset, remaining)
-            if used == 0 and n == 0:
+    data = None
+    try:
+        while remaining != 0:
+            if data is None or data.seg is not seg:
+                if data is not None:
+                    data.close()
+                data = _SegmentBytes(seg, p.writable or seg is not p.segments[-1])
+            if pos >= data.end:
+                nxt, offset = p._next_segment(seg, offset, pos)
+                if nxt is None:
+                    return
+                if nxt is seg:  # it grew: map what is there now
+                    data.close()
+                    data = None
+                else:
+                    seg = nxt
+                    found = seg.find_position(offset)
+                    pos = found[0] if found else seg.size
+                continue
+            used, n, cols = data.decode(pos, chunk_bytes, offset, remaining)
+            if used == pos and n == 0:
                 return  # the writer is mid-way through this batch (tailers)
-        pos += used
-        if n:
-            batch = _record_batch(n, cols)
-            offset = batch.column(0)[n - 1].as_py() + 1
-            if remaining > 0:
-                remaining -= n
-            yield batch
+            pos = used
+            if n:
+                batch = _record_batch(n, cols)
+                offset = batch.column(0)[n - 1].as_py() + 1
+                if remaining > 0:
+                    remaining -= n
+                yield batch
+    finally:
+        if data is not None:
+            data.close()
 
 
 def read_table(p, offset: int | None = None, max_records: int | None = None) -> pa.Table:
