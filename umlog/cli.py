@@ -75,5 +75,17 @@ def serve(config_file: str | None, **options: Any) -> None:
     sys.exit(run(ServeConfig(**settings)))
 
 
+# The operator's subcommands (umlog/commands/): light modules (click only at
+# import), one line each.
+from umlog.commands import bench, consume, dump, export, produce, topics  # noqa: E402
+
+main.add_command(topics.topics)
+main.add_command(produce.produce)
+main.add_command(consume.consume)
+main.add_command(dump.dump)
+main.add_command(export.export)
+main.add_command(bench.bench)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

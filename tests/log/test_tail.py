@@ -8,9 +8,9 @@ import threading
 import time
 
 import pytest
+from helpers import subprocess_env
 
 import umlog
-from helpers import subprocess_env
 from umlog.errors import OffsetOutOfRangeError
 
 
@@ -244,7 +244,7 @@ def test_tailer_process_under_compaction_sees_consistent_records(tmp_path):
     offsets = [int(x[0]) for x in got]
     assert offsets == sorted(set(offsets)) and offsets[-1] == n - 1
     for off, key, val in got:
-        assert val.encode() == value(int(off)) and key == "k%d" % (int(off) % 37)
+        assert val.encode() == value(int(off)) and key == f"k{int(off) % 37}"
     seen = {}
     for _, key, val in got:
         seen[key.encode()] = val.encode()
