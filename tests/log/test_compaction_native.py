@@ -145,3 +145,26 @@ def test_short_keys_never_collide():
     assert len(h1) == len(keys)
     eight = [i.to_bytes(8, "little") for i in range(0, 2**40, 2**40 // 50000)]
     assert len({core.key_hash(k)[0] for k in eight}) == len(eight)
+
+
+def test_key_map_newest_offsets_and_collisions():
+    km = core.KeyMap()
+    u = np.uint64
+    offs = np.arange(10, dtype=np.int64)
+    h1 = np.array([5, 6, 5, 7, 0, 6, 8, 8, 5, 9], u)
+    h2 = np.array([1, 2, 1, 3, 0, 2, 4, 44, 1, 5], u)  # h1 8: two keys (h2 4 and 44)
+    flags = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 0], np.uint8)  # offset 4 has no key
+    km.add(offs, h1, h2, flags)
+    assert len(km) == 5 and km.collisions == 1
+    assert km.winners().tolist() == [3, 5, 8, 9]
+    assert km.collided().tolist() == [8]
+    assert km.superseded(offs, h1).tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+    # It grows past its first table, keeping everything.
+    n = 100_000
+    rng = np.random.default_rng(7)
+    big_h1 = rng.integers(1, 2**63, n, dtype=np.int64).astype(u)
+    km.add(np.arange(100, 100 + n, dtype=np.int64), big_h1, big_h1, np.zeros(n, np.uint8))
+    assert len(km) == 5 + len(set(big_h1.tolist()))
+    assert km.winners()[-1] == 100 + n - 1
+    with pytest.raises(ValueError):
+        km.add(offs, h1[:3], h2, flags)

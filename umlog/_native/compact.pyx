@@ -16,6 +16,8 @@
 # was never cleaned: recovery's contiguity check, the index and every reader
 # work unchanged.
 
+from libc.stdlib cimport calloc
+
 import numpy as _cnp
 
 cdef uint64_t HASH_M1 = 0x9E3779B97F4A7C15ULL
@@ -371,3 +373,133 @@ cdef class BatchFilter:
         data = PyBytes_FromStringAndSize(self.out.data, self.out.len)
         self.out.len = 0
         return data
+
+
+# ---- the offset map ---------------------------------------------------------------
+
+cdef struct KeySlot:
+    uint64_t h1
+    uint64_t h2
+    int64_t offset
+    uint64_t state          # 0 empty, 1 used, 3 used and collided
+
+
+@cython.final
+cdef class KeyMap:
+    """The newest offset of each key, keyed by the 128-bit hash of record_keys.
+
+    Open addressing with linear probing on h1 (already a mixed hash), at most
+    2/3 full: 32 bytes a slot, so 48 to 96 bytes per distinct key. Two keys
+    with equal h1 and different h2 are a collision: the slot is marked, and
+    the cleaner keeps every record of such keys (a collision costs
+    compaction, never data). Measured against a numpy sort-based map on 1.5M
+    records of 100k keys: ~0.35 s -> ~0.03 s (bench/compaction.py figures in
+    the cleaner's docstring). Not thread-safe.
+    """
+
+    cdef KeySlot *slots
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t count
+    cdef readonly Py_ssize_t collisions
+
+    def __cinit__(self):
+        self.cap = 1024
+        self.slots = <KeySlot *>calloc(<size_t>self.cap, sizeof(KeySlot))
+        if self.slots == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.slots)
+
+    def __len__(self):
+        return self.count
+
+    cdef int grow(self) except -1:
+        cdef Py_ssize_t ncap = self.cap * 2, i, j
+        cdef KeySlot *ns = <KeySlot *>calloc(<size_t>ncap, sizeof(KeySlot))
+        if ns == NULL:
+            raise MemoryError(f"the compaction offset map of {self.count} keys does not fit in memory")
+        for i in range(self.cap):
+            if self.slots[i].state:
+                j = <Py_ssize_t>(self.slots[i].h1 & <uint64_t>(ncap - 1))
+                while ns[j].state:
+                    j = (j + 1) & (ncap - 1)
+                ns[j] = self.slots[i]
+        free(self.slots)
+        self.slots = ns
+        self.cap = ncap
+        return 0
+
+    cdef inline Py_ssize_t find(self, uint64_t h1) noexcept nogil:
+        """The slot of h1, or the empty slot where it would go."""
+        cdef Py_ssize_t j = <Py_ssize_t>(h1 & <uint64_t>(self.cap - 1))
+        while self.slots[j].state and self.slots[j].h1 != h1:
+            j = (j + 1) & (self.cap - 1)
+        return j
+
+    def add(self, const int64_t[::1] offsets, const uint64_t[::1] h1, const uint64_t[::1] h2,
+            const uint8_t[::1] flags):
+        """Add records (arrays as record_keys returns them, in offset order);
+        keyless records are skipped. A later offset replaces an earlier one."""
+        cdef Py_ssize_t n = offsets.shape[0], i, j
+        cdef KeySlot *s
+        if h1.shape[0] != n or h2.shape[0] != n or flags.shape[0] != n:
+            raise ValueError("offsets, h1, h2 and flags must have one length")
+        for i in range(n):
+            if flags[i] & 1:
+                continue
+            if (self.count + 1) * 3 > self.cap * 2:
+                self.grow()
+            j = self.find(h1[i])
+            s = &self.slots[j]
+            if not s.state:
+                s.state = 1
+                s.h1 = h1[i]
+                s.h2 = h2[i]
+                s.offset = offsets[i]
+                self.count += 1
+                continue
+            if s.h2 != h2[i] and not (s.state & 2):
+                s.state |= 2
+                self.collisions += 1
+            if offsets[i] > s.offset:
+                s.offset = offsets[i]
+
+    def winners(self):
+        """Sorted int64 array: the newest offset of every key without a collision."""
+        out = _cnp.empty(self.count, dtype=_cnp.int64)
+        cdef int64_t[::1] o = out
+        cdef Py_ssize_t i, k = 0
+        for i in range(self.cap):
+            if self.slots[i].state == 1:
+                o[k] = self.slots[i].offset
+                k += 1
+        out = out[:k]
+        out.sort()
+        return out
+
+    def collided(self):
+        """uint64 array: h1 of the keys with a collision."""
+        out = _cnp.empty(self.collisions, dtype=_cnp.uint64)
+        cdef uint64_t[::1] o = out
+        cdef Py_ssize_t i, k = 0
+        for i in range(self.cap):
+            if self.slots[i].state == 3 and k < self.collisions:
+                o[k] = self.slots[i].h1
+                k += 1
+        return out[:k]
+
+    def superseded(self, const int64_t[::1] offsets, const uint64_t[::1] h1):
+        """uint8 array: 1 where a record's key is in the map, without a
+        collision, with a newer offset than the record's."""
+        cdef Py_ssize_t n = offsets.shape[0], i, j
+        if h1.shape[0] != n:
+            raise ValueError("offsets and h1 must have one length")
+        out = _cnp.zeros(n, dtype=_cnp.uint8)
+        cdef uint8_t[::1] o = out
+        with nogil:
+            for i in range(n):
+                j = self.find(h1[i])
+                if self.slots[j].state == 1 and self.slots[j].offset > offsets[i]:
+                    o[i] = 1
+        return out

@@ -375,3 +375,21 @@ class BatchFilter:
         or by finish()."""
     def finish(self) -> bytes:
         """End an open run of emptied batches: its bytes (maybe empty)."""
+
+class KeyMap:
+    """The newest offset of each key (by record_keys' 128-bit hash): a native
+    hash table on h1; equal h1 with different h2 marks a collision (the
+    cleaner keeps every record of such keys). Not thread-safe."""
+
+    collisions: int
+    def __len__(self) -> int: ...
+    def add(self, offsets: Any, h1: Any, h2: Any, flags: Any) -> None:
+        """Add records (arrays as record_keys returns them, in offset order);
+        keyless ones (flags bit 0) are skipped; a later offset wins."""
+    def winners(self) -> Any:
+        """Sorted int64 array: the newest offset of every key without a collision."""
+    def collided(self) -> Any:
+        """uint64 array: h1 of the keys with a collision."""
+    def superseded(self, offsets: Any, h1: Any) -> Any:
+        """uint8 array: 1 where the map holds a newer offset of the record's
+        key (and the key has no collision)."""

@@ -25,10 +25,12 @@ first segment holding a record younger than ``min.compaction.lag.ms``.
 1. The offset map: every keyed record of the dirty range (the segments after
    the last cleaning's end, ``cleaner-checkpoint``; all of them for
    ``Broker.compact``) as a 128-bit key hash (native ``record_keys``) ->
-   its newest offset. numpy keeps it sorted by the first 64 bits; keys whose
-   first 64 bits are equal but whose second are not (a collision) are marked,
-   and every record of them is kept: a collision costs compaction, never data.
-   Memory: about 25 bytes per distinct key plus one chunk of records.
+   its newest offset, in a native hash table (``KeyMap``) on the first 64
+   bits; keys whose first 64 bits are equal but whose second are not (a
+   collision) are marked, and every record of them is kept: a collision
+   costs compaction, never data. Memory: 48 to 96 bytes per distinct key
+   (Kafka bounds its map and cleans in several passes instead; here the map
+   holds every key of the dirty range) plus one chunk's arrays.
 2. Segments are grouped (as many consecutive ones as fit ``segment.bytes``
    and an int32 offset span) and each group is rewritten into one new segment:
    a record is dropped when a newer record has its key, when it has no key
@@ -70,6 +72,7 @@ partition lock is held only to pick the segments and to swap the list.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -79,7 +82,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._native.core import BatchFilter, batch_info, crc32c, record_keys, scan_batches
+from .._native.core import BatchFilter, KeyMap, batch_info, crc32c, record_keys, scan_batches
 from ..errors import InvalidRecordError
 from .files import (
     CLEANED_SUFFIX,
@@ -111,7 +114,6 @@ __all__ = [
 log = logging.getLogger("umlog.cleaner")
 
 CHUNK = 16 << 20  # bytes of whole batches read per pread while cleaning
-MAP_MERGE_RECORDS = 1 << 21  # records buffered before they are merged into the offset map
 CHECKPOINT = "cleaner-checkpoint"
 MIN_CLEANABLE_DIRTY_RATIO = 0.5  # Kafka's min.cleanable.dirty.ratio default
 _CKPT = struct.Struct(">qI")
@@ -332,80 +334,56 @@ class CompactionResult:
 
 
 class _OffsetMap:
-    """Newest offset of each key hash: sorted h1, and h2, offset, collided."""
+    """The offset map: KeyMap (native, compact.pyx), then its winners."""
 
     def __init__(self) -> None:
-        self.h1 = np.zeros(0, np.uint64)
-        self.h2 = np.zeros(0, np.uint64)
-        self.off = np.zeros(0, np.int64)
-        self.col = np.zeros(0, bool)
-        self._pending: list[tuple] = []
-        self._pending_n = 0
+        self.keys = KeyMap()
 
-    def add(self, h1, h2, off) -> None:
-        self._pending.append((h1, h2, off))
-        self._pending_n += len(h1)
-        if self._pending_n >= max(MAP_MERGE_RECORDS, len(self.h1)):
-            self._merge()
-
-    def _merge(self) -> None:
-        if not self._pending:
-            return
-        h1 = np.concatenate([self.h1] + [x[0] for x in self._pending])
-        h2 = np.concatenate([self.h2] + [x[1] for x in self._pending])
-        off = np.concatenate([self.off] + [x[2] for x in self._pending])
-        col = np.concatenate([self.col] + [np.zeros(len(x[0]), bool) for x in self._pending])
-        self._pending, self._pending_n = [], 0
-        if not len(h1):
-            return
-        order = np.lexsort((off, h1))  # by h1, then offset: a group's last is its newest
-        h1, h2, off, col = h1[order], h2[order], off[order], col[order]
-        first = np.empty(len(h1), bool)
-        first[0] = True
-        np.not_equal(h1[1:], h1[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        last = np.empty(len(h1), bool)
-        last[-1] = True
-        last[:-1] = first[1:]
-        collided = (np.minimum.reduceat(h2, starts) != np.maximum.reduceat(h2, starts)) | np.logical_or.reduceat(
-            col, starts
-        )
-        self.h1, self.h2, self.off, self.col = h1[last], h2[last], off[last], collided
+    def add(self, offs, h1, h2, flags) -> None:
+        self.keys.add(offs, h1, h2, flags)
 
     def finish(self) -> None:
-        self._merge()
+        # The newest offset of every key without a collision, sorted: a
+        # record of the mapped range is kept iff its offset is one of them.
+        self.winners = self.keys.winners()
+        self.collided_h1 = self.keys.collided()
 
     def __len__(self) -> int:
-        return len(self.h1)
-
-    def lookup(self, h1):
-        """(found, newest offset, collided) for each hash."""
-        n = len(self.h1)
-        if n == 0:
-            z = np.zeros(len(h1), bool)
-            return z, np.zeros(len(h1), np.int64), z
-        idx = np.searchsorted(self.h1, h1)
-        np.minimum(idx, n - 1, out=idx)
-        found = self.h1[idx] == h1
-        return found, self.off[idx], self.col[idx]
+        return len(self.keys)
 
 
-def _chunks(seg: LogSegment) -> Iterator[bytes]:
-    """The segment's bytes as chunks of whole batches."""
-    pos, size = 0, seg.size
-    while pos < size:
-        chunk = seg.read(pos, min(CHUNK, size - pos))
-        res = scan_batches(chunk, 0, len(chunk), -1, False)
-        if res.valid_end == 0:
-            info = batch_info(seg.read(pos, 61), 0)
-            chunk = seg.read(pos, info.size)
-            if len(chunk) < info.size:
-                raise OSError(f"{seg.log_path}: short batch at position {pos}")
-            yield chunk
+class _Mapped:
+    """A closed segment's bytes, memory-mapped (closed segments never change;
+    no copy per chunk), walked in chunks of whole batches."""
+
+    def __init__(self, seg: LogSegment) -> None:
+        self.size = seg.size
+        self.map = b""
+        if self.size:
+            # MAP_POPULATE maps every page in one call instead of a fault per
+            # page (measured on the dev VM: a first pass over a fresh mapping
+            # was a third of the cleaning's time without it).
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self.map = mmap.mmap(seg.fd, self.size, flags=flags, prot=mmap.PROT_READ)
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """(pos, end) of consecutive runs of whole batches."""
+        pos, size, buf = 0, self.size, self.map
+        while pos < size:
+            res = scan_batches(buf, pos, min(size, pos + CHUNK), -1, False)
+            if res.count:
+                yield pos, res.valid_end  # positions are absolute
+                pos = res.valid_end
+                continue
+            info = batch_info(buf, pos)  # one batch larger than a chunk
+            if pos + info.size > size:
+                raise OSError(f"short batch at position {pos} of a closed segment")
+            yield pos, pos + info.size
             pos += info.size
-            continue
-        yield chunk if res.valid_end == len(chunk) else chunk[: res.valid_end]
-        pos += res.valid_end
+
+    def close(self) -> None:
+        if isinstance(self.map, mmap.mmap):
+            self.map.close()
 
 
 def _read_checkpoint(directory: str) -> int:
@@ -501,20 +479,22 @@ def compact_partition(
         return out
     omap = _OffsetMap()
     for seg in dirty:
-        for chunk in _chunks(seg):
-            if stop is not None and stop():
-                raise _Aborted()
-            _, offs, h1, h2, flags = record_keys(chunk)
-            keyed = (flags & 1) == 0
-            if not keyed.all():
-                offs, h1, h2 = offs[keyed], h1[keyed], h2[keyed]
-            omap.add(h1, h2, offs)
+        m = _Mapped(seg)
+        try:
+            for pos, end_pos in m.chunks():
+                if stop is not None and stop():
+                    raise _Aborted()
+                _, offs, h1, h2, flags = record_keys(m.map, pos, end_pos)
+                omap.add(offs, h1, h2, flags)
+        finally:
+            m.close()
     omap.finish()
+    dirty_start = dirty[0].base_offset
     tomb_horizon = now - p.config["delete.retention.ms"]
     for group in _groups(segs, p.config["segment.bytes"]):
         if stop is not None and stop():
             break
-        stats = _clean_group(p, group, omap, tomb_horizon, stop)
+        stats = _clean_group(p, group, omap, dirty_start, tomb_horizon, stop)
         out.segments_in += len(group)
         out.bytes_in += stats[0]
         out.bytes_out += stats[1]
@@ -533,14 +513,36 @@ def compact_partition(
     return out
 
 
-def _keep_mask(offs, h1, flags, omap: _OffsetMap, drop_tombstones: bool):
-    found, newest, collided = omap.lookup(h1)
+def _keep_mask(offs, h1, flags, omap: _OffsetMap, mapped: bool, drop_tombstones: bool):
+    """Which records of a chunk stay (uint8 0/1), by the rules of the module docstring.
+
+    ``mapped``: the chunk is in the range the map was built from, where every
+    keyed record's key is in the map, so a record stays iff it is its key's
+    newest (one sorted search over the winners: the chunk's offsets are
+    sorted). Before that range, a record stays unless the map has its key.
+    """
     keyless = (flags & 1) != 0
-    drop = keyless | (found & ~collided & (offs < newest))
+    if mapped:
+        win = omap.winners
+        if len(win):
+            idx = np.searchsorted(win, offs)
+            np.minimum(idx, len(win) - 1, out=idx)
+            keep = win[idx] == offs
+        else:
+            keep = np.zeros(len(offs), bool)
+        collided = np.isin(h1, omap.collided_h1) if len(omap.collided_h1) else None
+        if collided is not None:
+            keep |= collided
+    else:
+        keep = omap.keys.superseded(offs, h1).view(bool)
+        np.logical_not(keep, out=keep)
+        collided = np.isin(h1, omap.collided_h1) if len(omap.collided_h1) else None
+    keep &= ~keyless
     if drop_tombstones:
         # Only a tombstone whose older records surely went (not a collision).
-        drop |= ((flags & 2) != 0) & ~keyless & ~(found & collided)
-    return (~drop).view(np.uint8)
+        tomb = (flags & 2) != 0
+        keep &= ~(tomb if collided is None else tomb & ~collided)
+    return keep.view(np.uint8)
 
 
 class _Writer:
@@ -617,7 +619,8 @@ class _Writer:
             _unlink(path)
 
 
-def _clean_group(p, group: list[LogSegment], omap: _OffsetMap, tomb_horizon: int, stop) -> tuple:
+def _clean_group(p, group: list[LogSegment], omap: _OffsetMap, dirty_start: int, tomb_horizon: int,
+                 stop) -> tuple:
     base = group[0].base_offset
     end = group[-1].next_offset
     w = _Writer(p, base)
@@ -625,13 +628,18 @@ def _clean_group(p, group: list[LogSegment], omap: _OffsetMap, tomb_horizon: int
     try:
         for seg in group:
             drop_tombstones = seg.max_timestamp < tomb_horizon
-            for chunk in _chunks(seg):
-                if stop is not None and stop():
-                    raise _Aborted()
-                nxt, offs, h1, h2, flags = record_keys(chunk)
-                keep = _keep_mask(offs, h1, flags, omap, drop_tombstones)
-                data, _ = filt.filter(chunk, 0, nxt, keep)
-                w.write(data)
+            mapped = seg.base_offset >= dirty_start
+            m = _Mapped(seg)
+            try:
+                for pos, end_pos in m.chunks():
+                    if stop is not None and stop():
+                        raise _Aborted()
+                    nxt, offs, h1, h2, flags = record_keys(m.map, pos, end_pos)
+                    keep = _keep_mask(offs, h1, flags, omap, mapped, drop_tombstones)
+                    data, _ = filt.filter(m.map, pos, nxt, keep)
+                    w.write(data)
+            finally:
+                m.close()
         w.write(filt.finish())
         if w.first_base != base or w.next_offset != end:
             raise RuntimeError(
