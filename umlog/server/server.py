@@ -59,6 +59,7 @@ class ServeConfig:
     auto_create: bool = True
     default_partitions: int = 1
     max_request_size: int = 100 * 1024 * 1024
+    group_initial_rebalance_delay_ms: int = 3000
 
 
 async def serve_async(cfg: ServeConfig, stop: asyncio.Event | None = None, out=None) -> None:
@@ -75,7 +76,8 @@ async def serve_async(cfg: ServeConfig, stop: asyncio.Event | None = None, out=N
     broker = umlog.open(cfg.data_dir, fsync=engine_fsync)
     try:
         door = KafkaDoor(broker, auto_create=cfg.auto_create, default_partitions=cfg.default_partitions,
-                         fsync=cfg.fsync, max_request_size=cfg.max_request_size)
+                         fsync=cfg.fsync, max_request_size=cfg.max_request_size,
+                         group_initial_rebalance_delay_ms=cfg.group_initial_rebalance_delay_ms)
         server = await start_kafka(door, host, port)
         bound = server.sockets[0].getsockname()
         bound_host, bound_port = bound[0], bound[1]

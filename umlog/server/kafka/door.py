@@ -11,7 +11,10 @@ It holds what handlers share across connections:
   partition the last few batches' sequence ranges and offsets), kept in memory:
   after a restart a producer id we do not know is accepted as new (documented
   limit; Kafka rebuilds this from the log's batch headers);
-* the group-commit fsync for ``--fsync always`` (``GroupCommit``).
+* the group-commit fsync for ``--fsync always`` (``GroupCommit``);
+* ``coordinator``: the consumer-group coordinator (``umlog.groups.coordinator``),
+  created on first use with the loop's clock; ``wake_all`` (shutdown) answers
+  the JoinGroup/SyncGroup requests it holds.
 
 Not thread-safe: everything runs on the loop; ``broker.sync()`` alone runs in an
 executor thread (the engine releases the GIL there).
@@ -136,6 +139,7 @@ class KafkaDoor:
         fsync: str = "never",
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         node_id: int = 0,
+        group_initial_rebalance_delay_ms: int = 3000,
     ) -> None:
         self.broker = broker
         self.advertise_host = advertise_host
@@ -156,6 +160,8 @@ class KafkaDoor:
         self._next_pid = itertools.count(int(time.time() * 1000) * 1000)
         self.group_commit = GroupCommit(broker) if fsync == "always" else None
         self.shutting_down = False
+        self.group_initial_rebalance_delay_ms = group_initial_rebalance_delay_ms
+        self._coordinator = None
 
     # --- topic ids ------------------------------------------------------------------
 
@@ -197,6 +203,22 @@ class KafkaDoor:
                 if not fut.done():
                     fut.set_result(None)
         self.waiters.clear()
+        if self._coordinator is not None:
+            self._coordinator.shutdown()
+
+    # --- consumer groups ----------------------------------------------------------------
+
+    @property
+    def coordinator(self):
+        """The group coordinator (``umlog.groups.coordinator.Coordinator``), on this loop."""
+        if self._coordinator is None:
+            from umlog.groups.coordinator import Coordinator
+
+            from .handlers._groups import LoopScheduler
+
+            self._coordinator = Coordinator(self.broker.offsets, LoopScheduler(asyncio.get_running_loop()),
+                                            initial_rebalance_delay_ms=self.group_initial_rebalance_delay_ms)
+        return self._coordinator
 
     # --- producers ---------------------------------------------------------------------
 

@@ -2,8 +2,7 @@
 
 Advertised from v0: librdkafka derives its LZ4 and group features from
 FindCoordinator v0 being offered (rdkafka_feature.c), and ``kcat -G`` hangs
-without it. The group APIs themselves (JoinGroup, ...) are a later issue and
-are not advertised yet, so a client asking for them fails fast instead of waiting.
+without it. The group APIs themselves are in ``join_group.py`` and its siblings.
 """
 
 from __future__ import annotations
