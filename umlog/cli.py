@@ -62,6 +62,8 @@ def main(verbose: int) -> None:
               help="Partitions of auto-created topics [default: 1].")
 @click.option("--max-request-size", type=click.IntRange(1024, 2**31 - 1), default=None,
               help="Largest request frame in bytes [default: 104857600].")
+@click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0, 300_000), default=None,
+              help="How long a new group's first round waits for more members [default: 3000, as Kafka].")
 def serve(config_file: str | None, **options: Any) -> None:
     """Serve the data dir over the Kafka protocol until SIGTERM/SIGINT."""
     from umlog.server.server import ServeConfig, serve as run
@@ -85,6 +87,8 @@ main.add_command(consume.consume)
 main.add_command(dump.dump)
 main.add_command(export.export)
 main.add_command(bench.bench)
+from umlog.commands import groups  # noqa: E402  (umlog groups list|describe)
+main.add_command(groups.groups)
 
 
 if __name__ == "__main__":  # pragma: no cover
