@@ -77,14 +77,6 @@ def test_kcat_metadata_list(server):
     assert "partition 0, leader 0, replicas: 0, isrs: 0" in out
 
 
-@needs_kcat
-def test_kcat_group_mode_fails_fast_instead_of_hanging(server):
-    """Group APIs are not implemented yet (and not advertised): kcat -G must not hang forever."""
-    r = subprocess.run([KCAT, "-b", server.bootstrap, "-G", "g1", "kcat-meta", "-e"],
-                       capture_output=True, timeout=60)
-    assert r.returncode != 0 or r.stdout == b""
-
-
 # --- confluent-kafka ------------------------------------------------------------------------
 
 

@@ -1,0 +1,456 @@
+"""Consumer groups end to end: a real ``umlog serve`` subprocess and real Kafka
+clients (librdkafka through confluent-kafka and kcat, kafka-python, aiokafka).
+
+Short timeouts keep this fast: session.timeout.ms=6000 (Kafka's minimum), and
+the server's initial rebalance delay is 100 ms (``--group-initial-rebalance-delay-ms``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import umlog
+
+from .serve_process import UMLOG_PARENT, ServeProcess
+
+pytestmark = pytest.mark.clients
+
+KCAT = shutil.which("kcat") or shutil.which("kafkacat")
+SESSION_MS = 6000
+DELAY = ("--group-initial-rebalance-delay-ms", "100")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = ServeProcess(str(tmp_path_factory.mktemp("groups") / "data"), "--default-partitions", "1", *DELAY)
+    yield s
+    rc = s.stop()
+    assert rc == 0, s.stderr_text()
+    assert "Traceback" not in s.stderr_text(), s.stderr_text()
+
+
+def admin(server):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": server.bootstrap})
+
+
+def create_topic(server, name, partitions):
+    from confluent_kafka.admin import NewTopic
+
+    a = admin(server)  # kept alive until the futures resolve
+    for f in a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
+        f.result()
+
+
+def produce(server, topic, values, partitions):
+    ck = pytest.importorskip("confluent_kafka")
+    p = ck.Producer({"bootstrap.servers": server.bootstrap, "linger.ms": 2})
+    for i, v in enumerate(values):
+        p.produce(topic, value=v, partition=i % partitions)
+    assert p.flush(30) == 0
+
+
+def committed_and_ends(server, group, topic, partitions):
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    a = admin(server)
+    tps = [TopicPartition(topic, i) for i in range(partitions)]
+    res = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group].result()
+    committed = {tp.partition: tp.offset for tp in res.topic_partitions}
+    ends = {tp.partition: f.result().offset
+            for tp, f in a.list_offsets({tp: OffsetSpec.latest() for tp in tps}).items()}
+    return committed, ends
+
+
+# --- three librdkafka consumers, one SIGKILLed ------------------------------------------------
+
+MEMBER = r"""
+import sys, time, json, signal
+from confluent_kafka import Consumer, KafkaException
+bootstrap, group, topic, strategy, out_path = sys.argv[1:6]
+out = open(out_path, "a", buffering=1)
+def log(kind, **kw):
+    out.write(json.dumps({"k": kind, "t": time.time(), **kw}) + "\n")
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+              "enable.auto.commit": False, "session.timeout.ms": %(session)d, "heartbeat.interval.ms": 500,
+              "partition.assignment.strategy": strategy, "topic.metadata.refresh.interval.ms": 2000})
+held = set()
+def on_assign(consumer, parts):
+    held.update(p.partition for p in parts)
+    log("assign", parts=sorted(held))
+def on_revoke(consumer, parts):
+    held.difference_update(p.partition for p in parts)
+    log("revoke", parts=sorted(held))
+c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+log("start")
+while not stop:
+    msgs = c.consume(500, 0.2)
+    got = [m for m in msgs if m.error() is None]
+    for m in got:
+        log("m", p=m.partition(), o=m.offset(), v=m.value().decode())
+    if got:
+        try:
+            c.commit(asynchronous=False)
+        except KafkaException as e:  # a rebalance took the partitions: the next owner re-reads them
+            log("commit_failed", e=str(e))
+c.close()
+log("closed")
+""" % {"session": SESSION_MS}
+
+
+class Member:
+    def __init__(self, server, group, topic, strategy, path):
+        self.path = path
+        env = dict(os.environ)
+        env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = subprocess.Popen([sys.executable, "-c", MEMBER, server.bootstrap, group, topic, strategy, path],
+                                     stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                                     cwd=os.path.dirname(path))
+
+    def events(self):
+        try:
+            with open(self.path) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
+
+    def held(self):
+        ev = [e for e in self.events() if e["k"] in ("assign", "revoke")]
+        return set(ev[-1]["parts"]) if ev else set()
+
+    def values(self):
+        return [e["v"] for e in self.events() if e["k"] == "m"]
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.parametrize("strategy", ["range", "cooperative-sticky"])
+def test_three_consumers_one_killed_the_others_take_over(server, tmp_path, strategy):
+    pytest.importorskip("confluent_kafka")
+    topic, group, n = f"six-{strategy}", f"fleet-{strategy}", 3000
+    create_topic(server, topic, 6)
+    members = [Member(server, group, topic, strategy, str(tmp_path / f"m{i}.jsonl")) for i in range(3)]
+    try:
+        def balanced():
+            helds = [m.held() for m in members]
+            return all(len(h) == 2 for h in helds) and set().union(*helds) == set(range(6))
+
+        wait_for(balanced, 30, "6 partitions spread 2/2/2 over 3 members")
+        produce(server, topic, [f"a{i}" for i in range(n)], 6)
+        wait_for(lambda: len(set().union(*(m.values() for m in members))) == n, 30, "the first half consumed")
+
+        victim, survivors = members[0], members[1:]
+        lost = victim.held()
+        killed_at = time.time()
+        victim.stop(signal.SIGKILL)
+        produce(server, topic, [f"b{i}" for i in range(n)], 6)
+
+        def taken_over():
+            helds = [m.held() for m in survivors]
+            return set().union(*helds) == set(range(6)) and not helds[0] & helds[1]
+
+        wait_for(taken_over, SESSION_MS / 1000 + 15, "the survivors to own all 6 partitions")
+        took = max(e["t"] for m in survivors for e in m.events() if e["k"] == "assign") - killed_at
+        # Evicted after its 6 s session, then one round (two for cooperative).
+        assert took < SESSION_MS / 1000 + 5, took
+        for m in survivors:
+            assert len(m.held()) == 3
+        assert lost <= set().union(*(m.held() for m in survivors))
+
+        want = {f"a{i}" for i in range(n)} | {f"b{i}" for i in range(n)}
+        wait_for(lambda: want <= set().union(*(set(m.values()) for m in members)), 30, "every record consumed")
+
+        def all_committed():
+            committed, ends = committed_and_ends(server, group, topic, 6)
+            return committed == ends and sum(ends.values()) == 2 * n
+
+        wait_for(all_committed, 20, "committed offsets == log end offsets")
+        if strategy == "cooperative-sticky":
+            # Incremental: the survivors only gained partitions, never gave theirs up.
+            for m in survivors:
+                assert not [e for e in m.events() if e["k"] == "revoke" and e["t"] > killed_at]
+    finally:
+        for m in members:
+            m.stop()
+    for m in members[1:]:
+        assert any(e["k"] == "closed" for e in m.events())
+    # Clean leaves: the group is Empty at once, not after a session timeout.
+    a = admin(server)
+    d = a.describe_consumer_groups([group])[group].result()
+    assert d.state.name == "EMPTY" and not d.members
+
+
+# --- kcat -G -------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(KCAT is None, reason="kcat is not installed (apt-get install kcat)")
+def test_kcat_balanced_consumer_commits_and_resumes(server):
+    create_topic(server, "kcat-g", 3)
+    produce(server, "kcat-g", [f"x{i}" for i in range(30)], 3)
+
+    def run():
+        r = subprocess.run([KCAT, "-b", server.bootstrap, "-G", "kg", "kcat-g", "-e", "-f", "%s\n",
+                            "-X", "auto.offset.reset=earliest", "-X", "session.timeout.ms=6000"], capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr.decode()
+        return r.stdout.decode().split()
+
+    assert sorted(run()) == sorted(f"x{i}" for i in range(30))
+    produce(server, "kcat-g", [f"y{i}" for i in range(6)], 3)
+    assert sorted(run()) == sorted(f"y{i}" for i in range(6))  # resumed from kcat's commits
+
+
+# --- kafka-python and aiokafka ----------------------------------------------------------------------
+
+
+def _drain_kp(consumer, seen, want, stop_at):
+    while len(seen) < want and time.monotonic() < stop_at:
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            for r in records:
+                seen[r.value] = (tp.partition, r.offset)
+    consumer.commit()
+
+
+def test_kafka_python_two_members_split_commit_and_a_newcomer_resumes(server):
+    kafka = pytest.importorskip("kafka")
+    create_topic(server, "kp-g", 4)
+    produce(server, "kp-g", [b"v%d" % i for i in range(400)], 4)
+    conf = dict(bootstrap_servers=server.bootstrap, group_id="kpg", auto_offset_reset="earliest",
+                enable_auto_commit=False, session_timeout_ms=SESSION_MS, heartbeat_interval_ms=500)
+    a = kafka.KafkaConsumer("kp-g", **conf)
+    b = kafka.KafkaConsumer("kp-g", **conf)
+    seen_a, seen_b = {}, {}
+    stop = time.monotonic() + 40
+    ta = threading.Thread(target=lambda: _poll_until_split(a, seen_a, stop))
+    tb = threading.Thread(target=lambda: _poll_until_split(b, seen_b, stop))
+    ta.start(), tb.start()
+    ta.join(), tb.join()
+    pa = {tp.partition for tp in a.assignment()}
+    pb = {tp.partition for tp in b.assignment()}
+    assert pa and pb and not pa & pb and pa | pb == {0, 1, 2, 3}
+    assert len({**seen_a, **seen_b}) == 400
+    assert {p for p, _ in seen_a.values()} <= pa and {p for p, _ in seen_b.values()} <= pb
+    a.close()
+    b.close()
+    produce(server, "kp-g", [b"w%d" % i for i in range(40)], 4)
+    c = kafka.KafkaConsumer("kp-g", **conf)
+    seen_c = {}
+    _drain_kp(c, seen_c, 40, time.monotonic() + 30)
+    c.close()
+    assert set(seen_c) == {b"w%d" % i for i in range(40)}  # only what came after the commits
+
+
+def _poll_until_split(consumer, seen, stop_at):
+    """Poll until the group has settled on two members and this one has read its share."""
+    while time.monotonic() < stop_at:
+        for tp, records in consumer.poll(timeout_ms=200).items():
+            for r in records:
+                seen[r.value] = (tp.partition, r.offset)
+        mine = {tp.partition for tp in consumer.assignment()}
+        if len(mine) == 2 and {p for p, _ in seen.values()} == mine and len(seen) == 200:
+            consumer.commit()
+            return
+
+
+async def test_aiokafka_two_members_split_commit_and_a_newcomer_resumes(server):
+    aiokafka = pytest.importorskip("aiokafka")
+    topic = f"aio-g-{uuid.uuid4().hex[:8]}"  # runs once per event loop kind
+    create_topic(server, topic, 4)
+    produce(server, topic, [b"v%d" % i for i in range(400)], 4)
+    conf = dict(bootstrap_servers=server.bootstrap, group_id=topic, auto_offset_reset="earliest",
+                enable_auto_commit=False, session_timeout_ms=SESSION_MS, heartbeat_interval_ms=500)
+    a = aiokafka.AIOKafkaConsumer(topic, **conf)
+    b = aiokafka.AIOKafkaConsumer(topic, **conf)
+    await a.start()
+    await b.start()
+    seen = {a: {}, b: {}}
+
+    async def run(c):
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for r in records:
+                    seen[c][r.value] = tp.partition
+            mine = {tp.partition for tp in c.assignment()}
+            if len(mine) == 2 and set(seen[c].values()) == mine and len(seen[c]) == 200:
+                await c.commit()
+                return
+
+    await asyncio.gather(run(a), run(b))
+    pa = {tp.partition for tp in a.assignment()}
+    pb = {tp.partition for tp in b.assignment()}
+    assert not pa & pb and pa | pb == {0, 1, 2, 3}
+    assert len({**seen[a], **seen[b]}) == 400
+    await a.stop()
+    await b.stop()
+    produce(server, topic, [b"w%d" % i for i in range(40)], 4)
+    c = aiokafka.AIOKafkaConsumer(topic, **conf)
+    await c.start()
+    got = set()
+    deadline = time.monotonic() + 30
+    while len(got) < 40 and time.monotonic() < deadline:
+        for records in (await c.getmany(timeout_ms=200)).values():
+            got.update(r.value for r in records)
+    await c.commit()
+    await c.stop()
+    assert got == {b"w%d" % i for i in range(40)}
+
+
+# --- admin ------------------------------------------------------------------------------------------
+
+
+def test_admin_lists_and_describes_the_group_with_its_members(server):
+    ck = pytest.importorskip("confluent_kafka")
+    create_topic(server, "adm-g", 2)
+    produce(server, "adm-g", [b"x"] * 10, 2)
+    conf = {"bootstrap.servers": server.bootstrap, "group.id": "admg", "session.timeout.ms": SESSION_MS,
+            "heartbeat.interval.ms": 500, "auto.offset.reset": "earliest", "client.id": "adm-client"}
+    cs = [ck.Consumer(conf) for _ in range(2)]
+    try:
+        for c in cs:
+            c.subscribe(["adm-g"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(len(c.assignment()) == 1 for c in cs):
+            for c in cs:
+                c.poll(0.1)
+        assert all(len(c.assignment()) == 1 for c in cs)
+        a = admin(server)
+        listed = {g.group_id: g for g in a.list_consumer_groups().result().valid}
+        assert "admg" in listed and listed["admg"].state.name == "STABLE"
+        assert not listed["admg"].is_simple_consumer_group
+        d = a.describe_consumer_groups(["admg"])["admg"].result()
+        assert d.state.name == "STABLE" and d.partition_assignor == "range"
+        assert len(d.members) == 2
+        assert {m.client_id for m in d.members} == {"adm-client"}
+        assert all(m.host == "/127.0.0.1" for m in d.members)
+        owned = sorted(tp.partition for m in d.members for tp in m.assignment.topic_partitions)
+        assert owned == [0, 1]
+        # Not while it has members.
+        with pytest.raises(ck.KafkaException):
+            a.delete_consumer_groups(["admg"])["admg"].result()
+        # The CLI against the server: members, assignments, offsets.
+        out = subprocess.run([sys.executable, "-m", "umlog", "groups", "describe", "admg", "--bootstrap",
+                              server.bootstrap, "--json"], capture_output=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": UMLOG_PARENT}, cwd=str(os.path.dirname(server.data_dir)))
+        assert out.returncode == 0, out.stderr.decode()
+        desc = json.loads(out.stdout)
+        assert desc["state"] == "Stable" and len(desc["members"]) == 2
+        assert sorted(tuple(tp) for m in desc["members"] for tp in m["assignment"]) == [("adm-g", 0), ("adm-g", 1)]
+    finally:
+        for c in cs:
+            c.close()
+    a = admin(server)
+    assert a.delete_consumer_groups(["admg"])["admg"].result() is None
+    assert "admg" not in {g.group_id for g in a.list_consumer_groups().result().valid}
+
+
+# --- the embedded API and Kafka clients share one set of offsets ---------------------------------------
+
+
+def _consume_ck(bootstrap, group, topic, want, timeout=30):
+    import confluent_kafka as ck
+
+    c = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "latest",
+                     "enable.auto.commit": False, "session.timeout.ms": SESSION_MS})
+    c.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        m = c.poll(0.2)
+        if m is not None and m.error() is None:
+            got.append((m.partition(), m.offset(), m.value()))
+    c.commit(asynchronous=False)
+    c.close()
+    return got
+
+
+def test_embedded_commits_and_kafka_commits_are_one_set_of_offsets(tmp_path):
+    pytest.importorskip("confluent_kafka")
+    data = str(tmp_path / "data")
+    with umlog.open(data) as b:
+        t = b.create_topic("shared", partitions=2)
+        for p in range(2):
+            t.append_many([b"%d-%d" % (p, i) for i in range(100)], partition=p)
+        b.group("g").commit("shared", 0, 30)
+        b.group("g").commit("shared", 1, 40)
+    s = ServeProcess(data, *DELAY)
+    try:
+        got = _consume_ck(s.bootstrap, "g", "shared", 130)
+    finally:
+        assert s.stop() == 0, s.stderr_text()
+    firsts = {p: min(o for q, o, _ in got if q == p) for p in (0, 1)}
+    assert firsts == {0: 30, 1: 40}  # where the embedded commits said, not "latest"
+    assert len(got) == 130
+    with umlog.open(data) as b:
+        g = b.group("g")
+        assert g.committed_all() == {("shared", 0): 100, ("shared", 1): 100}  # the Kafka client's commits
+        b.topic("shared").append_many([b"new"] * 5, partition=1)
+        assert [(r.partition, r.offset) for r in b.consume("shared", group="g")] == [(1, o) for o in range(100, 105)]
+        assert g.lag() == {("shared", 0): 0, ("shared", 1): 0}
+
+
+def test_server_restart_keeps_offsets_and_members_rejoin(tmp_path):
+    ck = pytest.importorskip("confluent_kafka")
+    data = str(tmp_path / "data")
+    s = ServeProcess(data, *DELAY)
+    port = s.port
+    try:
+        create_topic(s, "rs", 2)
+        produce(s, "rs", [b"a%d" % i for i in range(100)], 2)
+        c = ck.Consumer({"bootstrap.servers": s.bootstrap, "group.id": "rsg", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "session.timeout.ms": SESSION_MS,
+                         "heartbeat.interval.ms": 500, "reconnect.backoff.max.ms": 200})
+        c.subscribe(["rs"])
+        seen = []
+        deadline = time.monotonic() + 30
+        while len(seen) < 100 and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                seen.append(m.value())
+        c.commit(asynchronous=False)
+        assert s.stop() == 0, s.stderr_text()
+        s = ServeProcess(data, *DELAY, "--kafka", f"127.0.0.1:{port}")
+        produce(s, "rs", [b"b%d" % i for i in range(50)], 2)
+        deadline = time.monotonic() + 40
+        while len(seen) < 150 and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                seen.append(m.value())
+        c.commit(asynchronous=False)
+        c.close()
+        assert sorted(seen) == sorted([b"a%d" % i for i in range(100)] + [b"b%d" % i for i in range(50)])
+        committed, ends = committed_and_ends(s, "rsg", "rs", 2)
+        assert committed == ends
+    finally:
+        assert s.stop() == 0, s.stderr_text()
