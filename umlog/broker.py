@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import threading
@@ -309,7 +310,15 @@ class Broker:
                     shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
                 continue
             parsed = parse_partition_dir(entry)
-            if parsed is None or parsed[0] not in metas or parsed[1] >= metas[parsed[0]]["partitions"]:
+            if parsed is not None and parsed[0] in metas and parsed[1] >= metas[parsed[0]]["partitions"]:
+                # add_partitions creates the directories, then writes the meta:
+                # a crash (or a failure) in between leaves these, never acknowledged.
+                if not self.readonly:
+                    logging.getLogger("umlog").warning("removing %s: partition of an unfinished add_partitions",
+                                                       entry)
+                    shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
+                continue
+            if parsed is None or parsed[0] not in metas:
                 unknown.append(entry)
         if unknown:
             shown = ", ".join(sorted(unknown)[:5])
@@ -319,19 +328,26 @@ class Broker:
 
     def _make_topic(self, m: dict) -> Topic:
         cfg = TopicConfig(m.get("config") or {})
-        parts = [
-            Partition(
-                os.path.join(self.path, partition_dir_name(m["name"], i)),
-                m["name"],
-                i,
-                cfg,
-                writable=not self.readonly,
-                clean=self.was_clean,
-                fsync=self.fsync,
-            )
-            for i in range(m["partitions"])
-        ]
+        parts = self._open_partitions(m["name"], range(m["partitions"]), cfg, self.was_clean)
         return Topic(self, m["name"], m["id"], cfg, parts)
+
+    def _open_partitions(self, name: str, indexes: range, cfg: TopicConfig, clean: bool,
+                         new: bool = False) -> list[Partition]:
+        """Open (or create) partitions; if one fails (EMFILE, ENOSPC...), those opened
+        are closed again (and, when ``new``, their directories removed) before raising."""
+        parts: list[Partition] = []
+        try:
+            for i in indexes:
+                parts.append(Partition(os.path.join(self.path, partition_dir_name(name, i)), name, i, cfg,
+                                       writable=not self.readonly, clean=clean, fsync=self.fsync))
+        except BaseException:
+            for p in parts:
+                for seg in p.segments:
+                    seg.close()
+                if new:
+                    shutil.rmtree(p.directory, ignore_errors=True)
+            raise
+        return parts
 
     # -- topics ----------------------------------------------------------------------
 
@@ -392,8 +408,17 @@ class Broker:
             if clash:
                 raise TopicExistsError(f"topic {name!r} collides with {clash!r} ('.' and '_' are equivalent in Kafka)")
             m = {"name": name, "id": str(uuid.uuid4()), "partitions": partitions, "config": _jsonable(cfg.overrides)}
-            atomic_write_json(self._meta(f"topic-{name}.json"), m)
-            t = self._make_topic(m)
+            meta = self._meta(f"topic-{name}.json")
+            atomic_write_json(meta, m)
+            try:
+                parts = self._open_partitions(name, range(partitions), cfg, True, new=True)
+            except BaseException:
+                # Undone, so a restart does not try (and fail) again: a crash
+                # here instead leaves the meta, and the restart creates the rest.
+                os.unlink(meta)
+                fsync_dir(self._meta())
+                raise
+            t = Topic(self, name, m["id"], cfg, parts)
             self._topics[name] = t
             return t
 
@@ -443,15 +468,19 @@ class Broker:
             t = self.topic(name)
             if not isinstance(total, int) or total <= t.num_partitions:
                 raise ValueError(f"topic {name!r} has {t.num_partitions} partitions; {total!r} is not more")
+            if total > 100_000:
+                raise ValueError(f"partitions={total} is more than 100000")
             m = {"name": name, "id": t.id, "partitions": total, "config": _jsonable(t.config.overrides)}
-            for i in range(t.num_partitions, total):
-                t.partitions.append(
-                    Partition(
-                        os.path.join(self.path, partition_dir_name(name, i)), name, i, t.config,
-                        writable=True, clean=True, fsync=self.fsync,
-                    )
-                )
-            atomic_write_json(self._meta(f"topic-{name}.json"), m)
+            added = self._open_partitions(name, range(t.num_partitions, total), t.config, True, new=True)
+            try:
+                atomic_write_json(self._meta(f"topic-{name}.json"), m)
+            except BaseException:
+                for p in added:
+                    for seg in p.segments:
+                        seg.close()
+                    shutil.rmtree(p.directory, ignore_errors=True)
+                raise
+            t.partitions.extend(added)
             t._added_partitions()
             return t
 

@@ -28,6 +28,7 @@ verify positions against the log.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -39,6 +40,11 @@ from .._native.core import offset_index_lookup, time_index_lookup
 from ..errors import CorruptIndexError
 
 __all__ = ["OffsetIndex", "TimeIndex"]
+
+# Disk blocks allocated under the map at a time (see _Index.reserve): 8192
+# offset-index entries, ~32 MiB of log at the default index.interval.bytes.
+RESERVE_BYTES = 64 << 10
+_fallocate = getattr(os, "posix_fallocate", None)
 
 _OFFSET_ENTRY = struct.Struct(">II")
 _TIME_ENTRY = struct.Struct(">qI")
@@ -57,6 +63,7 @@ class _Index:
         self.max_entries = max(2, max_bytes // self.entry_size)
         self._mm: mmap.mmap | None = None
         self._buf: pa.Buffer | None = None
+        self._reserved = 0
         self.entries = 0
         self._open(active)
 
@@ -90,15 +97,17 @@ class _Index:
         # with tools/startup_time.py).
         fd = os.open(self.path, (os.O_RDWR if mode == "r+" else os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0))
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:  # mmap refuses empty files; nothing to read or write there
-                self._mm, self._buf = None, pa.py_buffer(b"")
-                return
             access = mmap.ACCESS_WRITE if mode == "r+" else mmap.ACCESS_READ
-            self._mm = mmap.mmap(fd, size, access=access)
+            # Length 0: the size when mapping (a tailer's writer may trim the
+            # file at any moment; only slots below a pread count are used).
+            self._mm = mmap.mmap(fd, 0, access=access)
+        except ValueError:  # an empty file: nothing to read or write there
+            self._mm, self._buf = None, pa.py_buffer(b"")
+            return
         finally:
             os.close(fd)  # the map keeps its own descriptor
         self._buf = pa.py_buffer(self._mm)
+        self._reserved = 0  # bytes known to have disk blocks (see reserve)
 
     def valid_entries(self, limit: int) -> int:
         """Slots before the zero-filled preallocated tail.
@@ -160,7 +169,36 @@ class _Index:
         """One slot stays free for the time index's final entry on roll."""
         return self.entries >= self.max_entries - 1
 
+    def reserve(self, entries: int) -> None:
+        """Make sure slots below ``entries`` have disk blocks before anything is
+        written through the map (a no-op most calls).
+
+        The preallocated file is sparse, and a store into a hole of a map on a
+        full file system is SIGBUS: the whole server dies (on tmpfs even a
+        load does). posix_fallocate fails with ENOSPC instead, an error the
+        caller reports. Done ``RESERVE_BYTES`` at a time, before the log write
+        that the entries describe, so a full disk never leaves a batch in the
+        log without its index entry (LogSegment.append).
+        """
+        end = min(entries, self.max_entries) * self.entry_size
+        if end <= self._reserved or self._mm is None:
+            return
+        stop = min(len(self._mm), max(end, self._reserved + RESERVE_BYTES))
+        if _fallocate is not None:
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+            try:
+                _fallocate(fd, self._reserved, stop - self._reserved)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    pass  # a file system without fallocate: as before
+                else:
+                    raise
+            finally:
+                os.close(fd)
+        self._reserved = stop
+
     def _write_slot(self, slot: int, data: bytes) -> None:
+        self.reserve(slot + 1)
         mm = self._mm
         mm.seek(slot * self.entry_size)
         mm.write(data)

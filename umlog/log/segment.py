@@ -71,15 +71,31 @@ class LogSegment:
         if create:
             flags |= os.O_CREAT | os.O_EXCL
         self.fd = os.open(self.log_path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
-        self.size = os.fstat(self.fd).st_size
-        self.offset_index = OffsetIndex(
-            os.path.join(directory, segment_name(base_offset, INDEX_SUFFIX)),
-            base_offset, max_index_bytes, writable=writable, active=self.active,
-        )
-        self.time_index = TimeIndex(
-            os.path.join(directory, segment_name(base_offset, TIMEINDEX_SUFFIX)),
-            base_offset, max_index_bytes, writable=writable, active=self.active,
-        )
+        self.offset_index = None
+        try:
+            self.size = os.fstat(self.fd).st_size
+            self.offset_index = OffsetIndex(
+                os.path.join(directory, segment_name(base_offset, INDEX_SUFFIX)),
+                base_offset, max_index_bytes, writable=writable, active=self.active,
+            )
+            self.time_index = TimeIndex(
+                os.path.join(directory, segment_name(base_offset, TIMEINDEX_SUFFIX)),
+                base_offset, max_index_bytes, writable=writable, active=self.active,
+            )
+        except BaseException:
+            # EMFILE, ENOSPC...: release what is open, and leave no half-made new
+            # segment behind (a later roll creates it again, O_EXCL).
+            if self.offset_index is not None:
+                self.offset_index.close()
+            os.close(self.fd)
+            self.fd = -1
+            if create:
+                for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIMEINDEX_SUFFIX):
+                    try:
+                        os.unlink(os.path.join(directory, segment_name(base_offset, suffix)))
+                    except OSError:
+                        pass
+            raise
         # Set by load()/recover() for existing files; trivially right for new ones.
         self.next_offset = base_offset
         self.max_timestamp = -1
@@ -252,6 +268,7 @@ class LogSegment:
     def append(self, data, last_offset: int, max_timestamp: int, offset_of_max_timestamp: int) -> None:
         """Append one batch (or several, indexed as one unit) at the end."""
         position = self.size
+        self._reserve_index(1)
         self._write(data)
         if self.bytes_since_index > self.index_interval and not self.offset_index.is_full:
             self.offset_index.append(last_offset, position)
@@ -266,6 +283,7 @@ class LogSegment:
     def append_batches(self, data, positions, sizes, last_offsets, max_timestamps) -> None:
         """Append several batches in one write, indexing each as Kafka would."""
         position = self.size
+        self._reserve_index(len(positions))
         self._write(data)
         interval = self.index_interval
         oi, ti = self.offset_index, self.time_index
@@ -281,6 +299,14 @@ class LogSegment:
                 self._note_timestamp(ts, last)
             self.bytes_since_index += int(sizes[i])
         self.next_offset = int(last_offsets[-1]) + 1
+
+    def _reserve_index(self, n: int) -> None:
+        """Disk blocks for up to ``n`` more index entries (and the time index's
+        final one), taken BEFORE the log write: if the disk is full this fails
+        with nothing written, never with a batch in the log and no entry."""
+        if self.writable:
+            self.offset_index.reserve(self.offset_index.entries + n)
+            self.time_index.reserve(self.time_index.entries + n + 1)
 
     def _note_timestamp(self, ts: int, offset: int) -> None:
         if ts > self.max_timestamp:
