@@ -15,10 +15,11 @@ Kafka's reset policy, which would jump to the end under ``latest``).
 Iteration visits the partitions round-robin, up to ``max_records`` records
 from each per turn, so one busy partition cannot starve the others. A turn
 that finds nothing ends the iteration, unless ``follow=True``: then it waits
-for new records, polling the partitions' end offsets with a backoff from 5 ms
-to 100 ms (``Partition.read`` has no blocking ``follow`` on main yet; switch
-to it when it lands), and stops after ``timeout`` seconds without a record
-(None: never).
+for new records and stops after ``timeout`` seconds without one (None:
+never). Waiting on one partition uses the engine's own wait
+(``umlog.log.tailing.wait_for_data``: woken by appends in this process, refresh
+polling in a tailer); on several, their end offsets are polled with the
+tailers' backoff (1 ms to 50 ms), as nothing wakes a wait on many at once.
 
 At-least-once: a record counts as consumed once the caller asks for the next
 one, or calls ``commit()`` after receiving it. Every ``commit_every`` consumed
@@ -40,12 +41,12 @@ import time
 from typing import Iterable, Iterator
 
 from ..errors import OffsetOutOfRangeError
+from ..log.tailing import POLL_MAX_S, POLL_MIN_S, wait_for_data
 from .offsets import OffsetAndMetadata
 
 __all__ = ["Consumer"]
 
-POLL_MIN_S = 0.005
-POLL_MAX_S = 0.1
+WAIT_SLICE_S = 1.0  # longest wait before looking at the topics again
 
 
 class Consumer:
@@ -139,24 +140,34 @@ class Consumer:
     def _run(self) -> Iterator:
         self._iterating = True
         positions = self._positions
-        pause = POLL_MIN_S
+        # end_offset when a read found nothing below it (offsets compacted away,
+        # a batch still being written): wait for end_offset to pass it.
+        barren: dict[tuple[str, int], int] = {}
         idle_since = time.monotonic()
         try:
             while True:
                 got = False
+                watch = []
                 for tp, p in list(self._partitions()):
                     pos = positions.get(tp)
                     if pos is None:
                         pos = positions[tp] = self._start(tp, p)
                     if not p.writable:
                         p.refresh()
-                    if pos >= p.end_offset:
+                    threshold = max(pos, barren.get(tp, pos))
+                    if p.end_offset <= threshold:
+                        watch.append((p, threshold))
                         continue
                     try:
                         records = list(p.read(pos, self.max_records))
                     except OffsetOutOfRangeError:  # retention moved the start meanwhile
                         positions[tp] = min(max(pos, p.start_offset), p.end_offset)
                         continue
+                    if not records:
+                        barren[tp] = p.end_offset
+                        watch.append((p, barren[tp]))
+                        continue
+                    barren.pop(tp, None)
                     for r in records:
                         self._current = (tp, r.offset + 1)
                         yield r
@@ -165,19 +176,14 @@ class Consumer:
                             self.commit()
                     got = got or bool(records)
                 if got:
-                    pause = POLL_MIN_S
                     idle_since = time.monotonic()
                     continue
-                if not self.follow:
+                if not self.follow or self.broker._closed:
                     break
-                if self.timeout is not None:
-                    left = self.timeout - (time.monotonic() - idle_since)
-                    if left <= 0:
-                        break
-                    time.sleep(min(pause, left))
-                else:
-                    time.sleep(pause)
-                pause = min(pause * 2, POLL_MAX_S)
+                deadline = None if self.timeout is None else idle_since + self.timeout
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                _wait(watch, deadline)
             if self._can_commit:
                 self.commit()
             else:
@@ -228,3 +234,29 @@ class Consumer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _wait(watch, deadline: float | None) -> None:
+    """Return when one of ``watch`` [(partition, threshold)] has ``end_offset >
+    threshold``, at ``deadline``, or after ``WAIT_SLICE_S`` (the caller looks at
+    the topics again: partitions may have been added)."""
+    now = time.monotonic()
+    until = now + WAIT_SLICE_S if deadline is None else min(deadline, now + WAIT_SLICE_S)
+    if len(watch) == 1:  # the partition's own wake-up (in-process) or refresh polling
+        p, threshold = watch[0]
+        wait_for_data(p, threshold, until)
+        return
+    # Several partitions: no single thing to wait on, so look at them all with a
+    # backoff (end_offset is an attribute read; tailers refresh, ~tens of us each).
+    pause = POLL_MIN_S
+    while True:
+        for p, threshold in watch:
+            if not p.writable:
+                p.refresh()
+            if p.end_offset > threshold:
+                return
+        now = time.monotonic()
+        if now >= until:
+            return
+        time.sleep(min(pause, until - now))
+        pause = min(pause * 2, POLL_MAX_S)

@@ -439,6 +439,12 @@ def test_server_restart_keeps_offsets_and_members_rejoin(tmp_path):
             if m is not None and m.error() is None:
                 seen.append(m.value())
         c.commit(asynchronous=False)
+        # The CLI reads the data dir beside the running server (read-only, no lock).
+        out = subprocess.run([sys.executable, "-m", "umlog", "groups", "describe", "rsg", "--data-dir", data,
+                              "--json"], capture_output=True, timeout=60, cwd=str(tmp_path),
+                             env={**os.environ, "PYTHONPATH": UMLOG_PARENT})
+        assert out.returncode == 0, out.stderr.decode()
+        assert {o["partition"]: o["committed"] for o in json.loads(out.stdout)["offsets"]} == {0: 50, 1: 50}
         assert s.stop() == 0, s.stderr_text()
         s = ServeProcess(data, *DELAY, "--kafka", f"127.0.0.1:{port}")
         produce(s, "rs", [b"b%d" % i for i in range(50)], 2)
