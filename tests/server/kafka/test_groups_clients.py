@@ -460,3 +460,44 @@ def test_server_restart_keeps_offsets_and_members_rejoin(tmp_path):
         assert committed == ends
     finally:
         assert s.stop() == 0, s.stderr_text()
+
+
+def test_static_member_restarts_without_a_rebalance(server):
+    ck = pytest.importorskip("confluent_kafka")
+    create_topic(server, "static-g", 4)
+    revoked = {"i1": 0, "i2": 0}
+
+    def consumer(iid):
+        c = ck.Consumer({"bootstrap.servers": server.bootstrap, "group.id": "staticg", "group.instance.id": iid,
+                         "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500})
+        c.subscribe(["static-g"], on_revoke=lambda cons, parts: revoked.__setitem__(iid, revoked[iid] + 1)
+                    if parts else None)
+        return c
+
+    def settle(cs, cond, limit=30):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            for c in cs:
+                c.poll(0.05)
+            if cond():
+                return
+        raise AssertionError("did not settle")
+
+    a, b = consumer("i1"), consumer("i2")
+    settle([a, b], lambda: len(a.assignment()) == 2 and len(b.assignment()) == 2)
+    mine = sorted(tp.partition for tp in a.assignment())
+    ad = admin(server)  # kept alive until its futures resolve
+    members = {m.group_instance_id: m.member_id
+               for m in ad.describe_consumer_groups(["staticg"])["staticg"].result().members}
+    a.close()  # a static member sends no LeaveGroup: the group waits for it (session timeout)
+    a2 = consumer("i1")
+    settle([a2, b], lambda: len(a2.assignment()) == 2)
+    assert sorted(tp.partition for tp in a2.assignment()) == mine  # same partitions back
+    for _ in range(20):  # b keeps its partitions: no rebalance happened
+        b.poll(0.05)
+    assert revoked["i2"] == 0 and len(b.assignment()) == 2
+    d = ad.describe_consumer_groups(["staticg"])["staticg"].result()
+    now = {m.group_instance_id: m.member_id for m in d.members}
+    assert set(now) == {"i1", "i2"} and now["i2"] == members["i2"] and now["i1"] != members["i1"]
+    a2.close()
+    b.close()
