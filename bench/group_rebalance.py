@@ -256,8 +256,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     ms = lambda s: f"{s * 1000:,.1f} ms"  # noqa: E731
     print(f"server: group.initial.rebalance.delay.ms={args.delay_ms}")
-    print(f"| what (3 members) | time |")
-    print(f"|---|---:|")
+    print("| what (3 members) | time |")
+    print("|---|---:|")
     print(f"| stable group, all rejoin -> all assigned: median ({args.rounds} rounds) | {ms(wire['median'])} |")
     print(f"| same, p90 / max | {ms(wire['p90'])} / {ms(wire['max'])} |")
     print(f"| new group: join phase (initial delay, extended once) | {ms(new['join_phase'])} |")

@@ -251,7 +251,8 @@ def test_offset_delete_and_delete_groups(coord, broker):
     broker.create_topic("other", partitions=1)
     ra = join_member(coord).result  # subscribes to "t" (see SUB)
     sync(coord, ra, {})
-    coord.commit_offsets("g", 1, ra.member_id, None, {("t", 0): OffsetAndMetadata(1), ("other", 0): OffsetAndMetadata(2)})
+    coord.commit_offsets("g", 1, ra.member_id, None,
+                         {("t", 0): OffsetAndMetadata(1), ("other", 0): OffsetAndMetadata(2)})
     err, per = coord.delete_offsets("g", [("t", 0), ("other", 0)])
     assert per == {("t", 0): Err.GROUP_SUBSCRIBED_TO_TOPIC, ("other", 0): Err.NONE}
     assert coord.delete_groups(["g", "nosuch"]) == {"g": Err.NON_EMPTY_GROUP, "nosuch": Err.GROUP_ID_NOT_FOUND}

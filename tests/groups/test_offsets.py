@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -160,7 +159,7 @@ def test_bad_commits_are_refused(b):
 def test_commit_below_the_start_offset_is_refused(broker):
     t = broker.create_topic("short", partitions=1, config={"retention.bytes": 1, "segment.bytes": 200})
     p = t.partition(0)
-    for i in range(20):
+    for _ in range(20):
         t.append_many([b"x" * 50], partition=0)
     broker.run_retention("short")
     assert p.start_offset > 0
@@ -332,7 +331,7 @@ def test_consume_follow_gets_new_records_and_times_out(b):
 
 def test_a_committed_offset_outside_the_log_is_clamped(broker):
     t = broker.create_topic("short", partitions=1, config={"retention.bytes": 1, "segment.bytes": 200})
-    for i in range(20):
+    for _ in range(20):
         t.append_many([b"x" * 50], partition=0)
     broker.group("g").commit("short", 0, 0)
     broker.run_retention("short")

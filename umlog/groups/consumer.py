@@ -38,7 +38,7 @@ job): the group here is a cursor.
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..errors import OffsetOutOfRangeError
 from ..log.tailing import POLL_MAX_S, POLL_MIN_S, wait_for_data
@@ -229,7 +229,7 @@ class Consumer:
                     self._committed.update(moved)
         self._closed = True
 
-    def __enter__(self) -> "Consumer":
+    def __enter__(self) -> Consumer:
         return self
 
     def __exit__(self, *exc) -> None:

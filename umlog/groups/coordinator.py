@@ -95,8 +95,9 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from ..errors import UnknownTopicError
 from .offsets import MAX_METADATA_BYTES, OffsetAndMetadata, OffsetStore

@@ -36,12 +36,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from ..errors import DecodeError, InvalidOffsetError, UnknownTopicError
 from .schema import (
     GroupKey,
-    OffsetKey,
     decode_key,
     decode_offset_value,
     encode_offset_key,

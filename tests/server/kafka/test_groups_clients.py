@@ -87,7 +87,7 @@ def log(kind, **kw):
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-              "enable.auto.commit": False, "session.timeout.ms": %(session)d, "heartbeat.interval.ms": 500,
+              "enable.auto.commit": False, "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500,
               "partition.assignment.strategy": strategy, "topic.metadata.refresh.interval.ms": 2000})
 held = set()
 def on_assign(consumer, parts):
@@ -110,7 +110,7 @@ while not stop:
             log("commit_failed", e=str(e))
 c.close()
 log("closed")
-""" % {"session": SESSION_MS}
+""".replace("SESSION_MS", str(SESSION_MS))
 
 
 class Member:
@@ -221,7 +221,8 @@ def test_kcat_balanced_consumer_commits_and_resumes(server):
 
     def run():
         r = subprocess.run([KCAT, "-b", server.bootstrap, "-G", "kg", "kcat-g", "-e", "-f", "%s\n",
-                            "-X", "auto.offset.reset=earliest", "-X", "session.timeout.ms=6000"], capture_output=True, timeout=60)
+                            "-X", "auto.offset.reset=earliest", "-X", "session.timeout.ms=6000"],
+                           capture_output=True, timeout=60)
         assert r.returncode == 0, r.stderr.decode()
         return r.stdout.decode().split()
 

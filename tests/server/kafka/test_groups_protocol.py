@@ -201,7 +201,9 @@ async def test_delete_groups_and_offset_delete(door, broker, v):
     assert broker.group("old").committed_all() == {}
     # OffsetDelete: busy subscribes to "t" (SUB), not to "u"
     broker.offsets.commit("busy", {("t", 0): 5, ("u", 0): 0})
-    parts = lambda *ix: tuple(build(OFFSET_DELETE, 0, "OffsetDeleteRequestPartition", partition_index=i) for i in ix)
+    def parts(*ix):
+        return tuple(build(OFFSET_DELETE, 0, "OffsetDeleteRequestPartition", partition_index=i) for i in ix)
+
     topics = (build(OFFSET_DELETE, 0, "OffsetDeleteRequestTopic", name="t", partitions=parts(0)),
               build(OFFSET_DELETE, 0, "OffsetDeleteRequestTopic", name="u", partitions=parts(0)))
     r = await call(door, build(OFFSET_DELETE, 0, group_id="busy", topics=topics))

@@ -12,7 +12,8 @@ is then evicted by its session timeout, as in Kafka).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
