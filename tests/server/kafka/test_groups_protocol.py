@@ -223,3 +223,18 @@ async def test_shutdown_answers_a_held_join(door):
     door.wake_all()  # what the server does on SIGTERM
     r = await asyncio.wait_for(held, 5)
     assert r.error_code == ErrorCode.not_coordinator
+
+
+async def test_offset_commit_under_fsync_always_answers_after_the_fdatasync(broker):
+    from umlog.groups.offsets import OFFSETS_TOPIC
+
+    door = KafkaDoor(broker, fsync="always", group_initial_rebalance_delay_ms=0)  # the engine: fsync=never
+    part = build(COMMIT, 8, "OffsetCommitRequestPartition", partition_index=0, committed_offset=0,
+                 committed_leader_epoch=-1, committed_metadata=None)
+    topic = build(COMMIT, 8, "OffsetCommitRequestTopic", name="t", partitions=(part,))
+    r = await call(door, build(COMMIT, 8, group_id="durable", generation_id_or_member_epoch=-1, member_id="",
+                               group_instance_id=None, topics=(topic,)))
+    assert r.topics[0].partitions[0].error_code == ErrorCode.none
+    for p in broker.topic(OFFSETS_TOPIC).partitions:
+        assert p.flushed_offset == p.end_offset
+    door.wake_all()
