@@ -64,6 +64,13 @@ def main(verbose: int) -> None:
               help="Largest request frame in bytes [default: 104857600].")
 @click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0, 300_000), default=None,
               help="How long a new group's first round waits for more members [default: 3000, as Kafka].")
+@click.option("--max-connections", type=click.IntRange(1, 2**31 - 1), default=None,
+              help="Connections past this are accepted and closed at once "
+                   "[default: half the file descriptors left after opening the data dir].")
+@click.option("--idle-timeout-ms", type=click.IntRange(0, 2**31 - 1), default=None,
+              help="Close connections idle this long; 0 never [default: 600000, as Kafka].")
+@click.option("--fetch-max-bytes", type=click.IntRange(1024, 2**31 - 1), default=None,
+              help="Most bytes one Fetch answer holds, whatever the client asks [default: 57671680, as Kafka].")
 def serve(config_file: str | None, **options: Any) -> None:
     """Serve the data dir over the Kafka protocol until SIGTERM/SIGINT."""
     from umlog.server.server import ServeConfig, serve as run

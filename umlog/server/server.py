@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 
-__all__ = ["ServeConfig", "serve", "serve_async", "parse_hostport"]
+__all__ = ["ServeConfig", "serve", "serve_async", "parse_hostport", "raise_nofile_limit"]
 
 log = logging.getLogger("umlog.server")
 
@@ -60,6 +60,39 @@ class ServeConfig:
     default_partitions: int = 1
     max_request_size: int = 100 * 1024 * 1024
     group_initial_rebalance_delay_ms: int = 3000
+    max_connections: int | None = None  # None: half the file descriptors left after opening the data dir
+    idle_timeout_ms: int = 600_000  # Kafka's connections.max.idle.ms; 0: never
+    fetch_max_bytes: int = 55 * 1024 * 1024  # Kafka's broker fetch.max.bytes
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (every partition
+    holds descriptors, every connection one); returns the soft limit now, -1 if unknown."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        return soft
+    except (ImportError, ValueError, OSError):
+        return -1
+
+
+def default_max_connections() -> int | None:
+    """Half the descriptors not yet open (the other half is for partitions)."""
+    try:
+        import os
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        return max(64, (soft - len(os.listdir("/proc/self/fd"))) // 2)
+    except (ImportError, ValueError, OSError):
+        return None
 
 
 async def serve_async(cfg: ServeConfig, stop: asyncio.Event | None = None, out=None) -> None:
@@ -77,7 +110,10 @@ async def serve_async(cfg: ServeConfig, stop: asyncio.Event | None = None, out=N
     try:
         door = KafkaDoor(broker, auto_create=cfg.auto_create, default_partitions=cfg.default_partitions,
                          fsync=cfg.fsync, max_request_size=cfg.max_request_size,
-                         group_initial_rebalance_delay_ms=cfg.group_initial_rebalance_delay_ms)
+                         group_initial_rebalance_delay_ms=cfg.group_initial_rebalance_delay_ms,
+                         max_connections=cfg.max_connections if cfg.max_connections is not None
+                         else default_max_connections(),
+                         idle_timeout_ms=cfg.idle_timeout_ms, fetch_max_bytes=cfg.fetch_max_bytes)
         server = await start_kafka(door, host, port)
         bound = server.sockets[0].getsockname()
         bound_host, bound_port = bound[0], bound[1]
@@ -95,8 +131,9 @@ async def serve_async(cfg: ServeConfig, stop: asyncio.Event | None = None, out=N
                 pass
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         print(f"umlog ready kafka={shown}:{bound_port}", file=out, flush=True)
-        log.info("serving %s (fsync=%s), advertising %s:%d", cfg.data_dir, cfg.fsync,
-                 door.advertise_host, door.advertise_port)
+        log.info("serving %s (fsync=%s), advertising %s:%d; max %s connections, idle timeout %d ms",
+                 cfg.data_dir, cfg.fsync, door.advertise_host, door.advertise_port,
+                 door.max_connections or "unlimited", door.idle_timeout_ms)
         try:
             await stop.wait()
         finally:
@@ -125,6 +162,7 @@ def serve(cfg: ServeConfig) -> int:
         uvloop = None
     from umlog.errors import DataDirError, DataDirLockedError
 
+    raise_nofile_limit()
     try:
         if uvloop is not None:
             uvloop.run(serve_async(cfg))

@@ -29,6 +29,7 @@ import io
 import logging
 import struct
 import types
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -184,6 +185,56 @@ def error_response(key: int, version: int, code: ErrorCode) -> Any | None:
     return _fill(cls, code)
 
 
+# --- null arrays -------------------------------------------------------------------------
+
+# Per entity class: (array fields that may not be null, nested entity fields to walk).
+_null_plans: dict[type, tuple[tuple[str, ...], tuple[tuple[str, bool], ...]]] = {}
+
+
+def _null_plan(cls: type):
+    plan = _null_plans.get(cls)
+    if plan is not None:
+        return plan
+    _null_plans[cls] = ((), ())  # (recursive schemas)
+    hints = typing.get_type_hints(cls)
+    arrays, nested = [], []
+    for f in dataclasses.fields(cls):
+        args = typing.get_args(hints[f.name])
+        nullable = type(None) in args
+        tp = next((a for a in args if a is not type(None)), hints[f.name]) if nullable else hints[f.name]
+        if typing.get_origin(tp) is tuple:
+            if not nullable:
+                arrays.append(f.name)
+            elem = typing.get_args(tp)[0]
+            if dataclasses.is_dataclass(elem) and any(_null_plan(elem)):
+                nested.append((f.name, True))
+        elif dataclasses.is_dataclass(tp) and any(_null_plan(tp)):
+            nested.append((f.name, False))
+    plan = (tuple(arrays), tuple(nested))
+    _null_plans[cls] = plan
+    return plan
+
+
+def reject_null_arrays(entity: Any) -> None:
+    """kio decodes a null (length -1) array as None even where the schema says
+    the field cannot be null; Kafka refuses such a request ("non-nullable
+    field ... was serialized as null") and so do we, instead of letting a
+    handler fail on None. Cheap: only fields that can hold arrays are visited."""
+    arrays, nested = _null_plan(type(entity))
+    for name in arrays:
+        if getattr(entity, name) is None:
+            raise RemoteProtocolError(f"non-nullable field {name} was serialized as null")
+    for name, is_array in nested:
+        value = getattr(entity, name)
+        if value is None:
+            continue
+        if is_array:
+            for item in value:
+                reject_null_arrays(item)
+        else:
+            reject_null_arrays(value)
+
+
 # --- dispatch -------------------------------------------------------------------------------
 
 
@@ -238,6 +289,7 @@ async def dispatch(conn: KafkaProtocol | None, frame: bytearray, door=None) -> l
             req = api.decode(view, header.body_pos, version)
         else:
             req, used = entity_reader(req_cls)(view.toreadonly(), header.body_pos)
+            reject_null_arrays(req)
             # Trailing bytes are ignored, as Kafka's own parser does: librdkafka
             # 2.16 sends 3 extra bytes after a Metadata v12 body.
             if header.body_pos + used != len(view) and log.isEnabledFor(logging.DEBUG):

@@ -14,7 +14,10 @@ It holds what handlers share across connections:
 * the group-commit fsync for ``--fsync always`` (``GroupCommit``);
 * ``coordinator``: the consumer-group coordinator (``umlog.groups.coordinator``),
   created on first use with the loop's clock; ``wake_all`` (shutdown) answers
-  the JoinGroup/SyncGroup requests it holds.
+  the JoinGroup/SyncGroup requests it holds;
+* the limits (``--max-connections``, ``--idle-timeout-ms``, ``--fetch-max-bytes``,
+  the file-descriptor budget of new partitions): ``refuse_connection``,
+  ``watch_idle`` and ``partition_budget_error``.
 
 Not thread-safe: everything runs on the loop; ``broker.sync()`` alone runs in an
 executor thread (the engine releases the GIL there).
@@ -26,9 +29,15 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import time
 import uuid
 from typing import Any
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None  # type: ignore[assignment]
 
 __all__ = ["KafkaDoor", "GroupCommit", "ProducerState", "BatchRecord"]
 
@@ -38,6 +47,16 @@ DEFAULT_MAX_REQUEST_SIZE = 100 * 1024 * 1024
 # Kafka keeps the last 5 batches per producer and partition for duplicate
 # detection (max.in.flight.requests.per.connection <= 5 for idempotence).
 PRODUCER_BATCH_CACHE = 5
+# Kafka's broker fetch.max.bytes (KIP-541): the most one Fetch response holds,
+# whatever the client asks for. A response is read into memory (pread), so
+# this bounds what one connection can make the server hold.
+DEFAULT_FETCH_MAX_BYTES = 55 * 1024 * 1024
+# Kafka's connections.max.idle.ms.
+DEFAULT_IDLE_TIMEOUT_MS = 600_000
+# Descriptors a new partition holds: its .log, the .index and .timeindex maps
+# (Python's mmap keeps a descriptor each) and its recovery-point file.
+FDS_PER_PARTITION = 4
+FD_RESERVE = 64  # kept free for the data dir's meta files, rolls, the listener
 
 
 class BatchRecord:
@@ -140,6 +159,9 @@ class KafkaDoor:
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         node_id: int = 0,
         group_initial_rebalance_delay_ms: int = 3000,
+        max_connections: int | None = None,
+        idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS,
+        fetch_max_bytes: int = DEFAULT_FETCH_MAX_BYTES,
     ) -> None:
         self.broker = broker
         self.advertise_host = advertise_host
@@ -162,6 +184,14 @@ class KafkaDoor:
         self.shutting_down = False
         self.group_initial_rebalance_delay_ms = group_initial_rebalance_delay_ms
         self._coordinator = None
+        self.max_connections = max_connections  # None: no limit
+        self.idle_timeout_ms = idle_timeout_ms  # 0: never close idle connections
+        self.fetch_max_bytes = fetch_max_bytes
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._refused = 0  # connections refused since the last log line
+        self._refused_logged = 0.0
+        self.refused_total = 0
+        self.idle_closed_total = 0
 
     # --- topic ids ------------------------------------------------------------------
 
@@ -205,6 +235,9 @@ class KafkaDoor:
         self.waiters.clear()
         if self._coordinator is not None:
             self._coordinator.shutdown()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     # --- consumer groups ----------------------------------------------------------------
 
@@ -219,6 +252,76 @@ class KafkaDoor:
             self._coordinator = Coordinator(self.broker.offsets, LoopScheduler(asyncio.get_running_loop()),
                                             initial_rebalance_delay_ms=self.group_initial_rebalance_delay_ms)
         return self._coordinator
+
+    # --- limits ---------------------------------------------------------------------------
+
+    def refuse_connection(self, peer: str) -> bool:
+        """True if a new connection must be refused (``max_connections`` reached).
+
+        Refused connections are accepted and closed at once; one log line a
+        second at most says how many (a reconnect storm must not flood the log).
+        """
+        if self.max_connections is None or len(self.connections) < self.max_connections:
+            return False
+        self.refused_total += 1
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 1.0:
+            log.warning("kafka %s: refused: %d connections open (--max-connections %d); "
+                        "%d refused since the last such line", peer, len(self.connections),
+                        self.max_connections, self._refused)
+            self._refused = 0
+            self._refused_logged = now
+        return True
+
+    def watch_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the idle-connection sweep (a no-op while one is scheduled).
+
+        One timer for the whole door, every quarter of the timeout (at most
+        30 s): a connection that is waiting for a request and has seen no byte
+        for ``idle_timeout_ms`` is closed, as Kafka's connections.max.idle.ms.
+        A long-polling Fetch is not idle. Stops while no connection is open.
+        """
+        if self.idle_timeout_ms <= 0 or self._idle_timer is not None or self.shutting_down:
+            return
+        interval = min(max(self.idle_timeout_ms / 4000, 0.02), 30.0)
+        self._idle_timer = loop.call_later(interval, self._sweep_idle, loop)
+
+    def _sweep_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._idle_timer = None
+        now = loop.time()
+        limit = self.idle_timeout_ms / 1000
+        for c in list(self.connections):
+            if c.idle and now - c.last_active >= limit:
+                self.idle_closed_total += 1
+                c.close_idle(now - c.last_active)
+        if self.connections:
+            self.watch_idle(loop)
+
+    def partition_budget_error(self, new: int) -> str | None:
+        """Why ``new`` more partitions would run the process out of file
+        descriptors (a message for the client), or None when they fit.
+
+        Every partition holds ``FDS_PER_PARTITION`` descriptors; the room the
+        connection limit allows is kept free too. Without this one
+        CreatePartitions with a large count exhausted them, after which
+        nothing (accept, rolls, a restart) worked.
+        """
+        if new <= 0 or resource is None:
+            return None
+        try:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            used = len(os.listdir("/proc/self/fd"))
+        except (OSError, ValueError):
+            return None  # not Linux: no cheap count of open descriptors
+        if soft == resource.RLIM_INFINITY:
+            return None
+        reserve = FD_RESERVE + max(0, (self.max_connections or 0) - len(self.connections))
+        need = new * FDS_PER_PARTITION
+        if used + need + reserve <= soft:
+            return None
+        return (f"{new} more partition(s) need {need} file descriptors: {used} of the limit of {soft} are "
+                f"open and {reserve} are kept for connections (raise `ulimit -n`, or lower --max-connections)")
 
     # --- producers ---------------------------------------------------------------------
 

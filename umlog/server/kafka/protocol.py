@@ -14,8 +14,17 @@ Kafka requests are size-prefixed frames (``int32 length | header | body``).
   while one of its requests is in flight; a long-polling Fetch therefore delays
   the requests behind it on the same connection, as in Kafka).
 * Backpressure: reading pauses while more than ``door.max_queued_bytes``
-  (default ``MAX_QUEUED_BYTES``) of frames wait, and resumes when the task has caught up. ``pause_writing`` /
-  ``resume_writing`` gate a drain future, awaited before the next request.
+  (default ``MAX_QUEUED_BYTES``) of frames wait, and resumes when the task has
+  caught up; it also pauses while the transport's write buffer is over its
+  high-water mark (``pause_writing``), until the client has read our answers
+  (``resume_writing``). ``pause_writing`` / ``resume_writing`` also gate a drain
+  future, awaited before the next request is answered. So a client that sends
+  requests and never reads costs at most one answer (a Fetch answer is bounded
+  by ``--fetch-max-bytes``) plus the frames read before the pause.
+* Limits: past ``door.max_connections`` a new connection is accepted and closed
+  at once (``door.refuse_connection`` logs it); a connection waiting for a
+  request with no byte received for ``door.idle_timeout_ms`` is closed by the
+  door's sweep (``door.watch_idle``, ``close_idle``).
 * ``connection_lost`` cancels the task; a long poll waiting in it is cancelled
   with it, which removes its waiters.
 
@@ -66,6 +75,8 @@ class KafkaProtocol(asyncio.Protocol):
         self._drain: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._writing_paused = False
+        self.last_active = 0.0  # loop.time() of the last byte received or answer written
 
     # --- asyncio callbacks -------------------------------------------------------
 
@@ -73,6 +84,12 @@ class KafkaProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.door.refuse_connection(self.peer):
+            self._closing = True
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -80,7 +97,8 @@ class KafkaProtocol(asyncio.Protocol):
             except OSError:  # pragma: no cover - exotic sockets
                 pass
         self.door.connections.add(self)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = loop.create_task(self._run())
+        self.door.watch_idle(loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -93,14 +111,33 @@ class KafkaProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._drain is None or self._drain.done():
             self._drain = asyncio.get_running_loop().create_future()
+        self._writing_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        self._writing_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause reading while the client does not read our answers, or while
+        more than max_queued_bytes of requests wait (resumed at half of it)."""
+        limit = self.door.max_queued_bytes
+        queued_over = self._queued > (limit // 2 if self._reading_paused else limit)
+        pause = self._writing_paused or queued_over
+        if pause == self._reading_paused or self._closing or self.transport is None:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self.last_active = asyncio.get_running_loop().time()
         buf = self._rbuf
         buf += data
         pos = self._rpos
@@ -127,8 +164,7 @@ class KafkaProtocol(asyncio.Protocol):
         if self._frames and self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
         if self._queued > self.door.max_queued_bytes and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._update_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport once the peer half-closes
@@ -146,9 +182,8 @@ class KafkaProtocol(asyncio.Protocol):
                     continue
                 frame = self._frames.popleft()
                 self._queued -= len(frame)
-                if self._reading_paused and self._queued <= self.door.max_queued_bytes // 2:
-                    self._reading_paused = False
-                    self.transport.resume_reading()  # type: ignore[union-attr]
+                if self._reading_paused:
+                    self._update_reading()
                 try:
                     pieces = await dispatch(self, frame)
                 except RemoteProtocolError as e:
@@ -157,6 +192,7 @@ class KafkaProtocol(asyncio.Protocol):
                 del frame
                 if pieces is not None and not self._closing:
                     self.transport.writelines(pieces)  # type: ignore[union-attr]
+                    self.last_active = loop.time()
                     if self._drain is not None and not self._drain.done():
                         await self._drain
         except asyncio.CancelledError:
@@ -174,6 +210,11 @@ class KafkaProtocol(asyncio.Protocol):
         self._frames.clear()
         if self.transport is not None:
             self.transport.abort()
+
+    def close_idle(self, idle_s: float) -> None:
+        """Closed by the door's idle sweep (``--idle-timeout-ms``)."""
+        log.info("kafka %s: idle for %.0f s; closing connection", self.peer, idle_s)
+        self.close()
 
     def close(self) -> None:
         """Graceful close used at shutdown: stop reading, drop queued frames, close."""

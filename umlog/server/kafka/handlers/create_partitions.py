@@ -26,6 +26,8 @@ async def handle_create_partitions(ctx, req):
                              f"topic {ct.name!r} has {t.num_partitions} partitions; {ct.count} is not more")
             elif ct.assignments and any(tuple(a.broker_ids) != (door.node_id,) for a in ct.assignments):
                 code, msg = ErrorCode.invalid_replica_assignment, f"replicas must be [{door.node_id}]"
+            elif (msg := door.partition_budget_error(ct.count - t.num_partitions)) is not None:
+                code = ErrorCode.policy_violation
             elif not req.validate_only:
                 door.broker.add_partitions(ct.name, ct.count)
         except E.UnknownTopicError as e:

@@ -34,6 +34,8 @@ async def handle_create_topics(ctx, req):
             err = check_replicas(door.node_id, ct.replication_factor, ct.assignments, partitions)
         if err is None and partitions == -1:
             partitions = len(ct.assignments) if ct.assignments else door.default_partitions
+        if err is None and (msg := door.partition_budget_error(partitions)) is not None:
+            err = ErrorCode.policy_violation, msg
         if err is None:
             if req.validate_only:
                 err = check_new_topic(door, name, partitions, configs)

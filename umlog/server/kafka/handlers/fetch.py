@@ -109,6 +109,9 @@ async def handle_fetch(ctx, req):
     max_bytes = getattr(req, "max_bytes", 0x7FFFFFFF)
     if max_bytes <= 0:
         max_bytes = 0x7FFFFFFF
+    # The broker's own cap (--fetch-max-bytes, Kafka's fetch.max.bytes): the
+    # answer is read into memory, so a client must not choose its size alone.
+    max_bytes = min(max_bytes, door.fetch_max_bytes)
     max_wait_ms = to_ms(req.max_wait)
     min_bytes = req.min_bytes
     deadline = time.monotonic() + max_wait_ms / 1000.0

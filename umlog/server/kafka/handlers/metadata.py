@@ -35,6 +35,10 @@ def ensure_topic(door, name: str, allow_create: bool):
         pass
     if not (allow_create and door.auto_create):
         return None, ErrorCode.unknown_topic_or_partition
+    why = door.partition_budget_error(door.default_partitions)
+    if why is not None:
+        log.warning("not auto-creating topic %r: %s", name, why)
+        return None, ErrorCode.unknown_topic_or_partition
     try:
         t = b.create_topic(name, partitions=door.default_partitions)
         log.info("auto-created topic %r with %d partition(s)", name, door.default_partitions)

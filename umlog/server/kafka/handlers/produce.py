@@ -41,6 +41,7 @@ import struct
 from kio.schema.errors import ErrorCode
 
 from umlog import errors as E
+from umlog.broker import INTERNAL_TOPICS
 
 from ..door import PRODUCER_BATCH_CACHE, BatchRecord, ProducerState
 from ..errors import error_code_for
@@ -104,6 +105,9 @@ def _seq_add(seq: int, n: int) -> int:
 def _append_one(door, topic_name: str, index: int, records: memoryview | None):
     """Append one partition's records: (error_code, base_offset, append_time, log_start)."""
     b = door.broker
+    if topic_name in INTERNAL_TOPICS:  # as Kafka: clients never write the broker's own topics
+        log.warning("produce to internal topic %s refused", topic_name)
+        return ErrorCode.invalid_topic_exception, -1, -1, -1
     try:
         t = b.topic(topic_name)
     except E.UnknownTopicError:
@@ -164,7 +168,11 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None):
         return ErrorCode.corrupt_message, -1, -1, -1
     except Exception as e:
         code = error_code_for(e)
-        log.error("produce to %s-%d failed: %r", topic_name, index, e)
+        # A record the topic refuses (InvalidRecordError: keyless on a compacted
+        # topic) is the client's doing; a storage failure or a bug is ours.
+        level = logging.ERROR if code in (ErrorCode.kafka_storage_error, ErrorCode.unknown_server_error) \
+            else logging.WARNING
+        log.log(level, "produce to %s-%d failed: %r", topic_name, index, e)
         return code, -1, -1, -1
     if cache is not None:
         cache.append(BatchRecord(first_seq, last_seq, base, last, append_time))
@@ -220,5 +228,10 @@ async def handle_produce(ctx, req):
         return None
     gc = door.group_commit
     if gc is not None and appended:
-        await gc.wait(gc.appended())
+        try:
+            await gc.wait(gc.appended())
+        except Exception as e:  # fdatasync failed: not durable, so not acknowledged
+            log.error("produce: fdatasync failed, answering KAFKA_STORAGE_ERROR: %r", e)
+            results = [(name, [(i, ErrorCode.kafka_storage_error if code == ErrorCode.none else code, -1, -1, -1)
+                               for i, code, _, _, _ in rows]) for name, rows in results]
     return [encode_produce_response(ctx.version, results)]
