@@ -287,3 +287,38 @@ def test_full_tmpfs_never_sigbus_and_recovers_when_space_returns(small_fs):
         for p in b.topic("t").partitions:
             assert scan(p) and [r.offset for r in p.read(0)] == list(range(p.end_offset))
     shutil.rmtree(data)
+
+
+def test_roll_that_cannot_create_its_segment_changes_nothing(data_dir, monkeypatch):
+    """Found reading the failure paths: the old segment was made inactive (indexes
+    trimmed and unmapped) before the new one was created; when the creation failed
+    (EMFILE, ENOSPC), the next append wrote into the inactive segment and failed on
+    its index after the log write, offsets not advanced."""
+    import umlog.log.partition as partition_mod
+
+    with umlog.open(data_dir) as b:
+        p = b.create_topic("t", config={"segment.bytes": 300, "index.interval.bytes": 0}).partition(0)
+        p.append_batches(encode_batch([b"x" * 100]))
+        p.append_batches(encode_batch([b"x" * 100]))
+        real = partition_mod.LogSegment
+        fails = [2]
+
+        def segment(*a, **kw):
+            if kw.get("create") and fails[0]:
+                fails[0] -= 1
+                raise OSError(errno.EMFILE, "Too many open files (injected)")
+            return real(*a, **kw)
+
+        monkeypatch.setattr(partition_mod, "LogSegment", segment)
+        before = list(p.segments)
+        for _ in range(2):
+            with pytest.raises(OSError):
+                p.append_batches(encode_batch([b"y" * 100]))  # needs a roll
+        assert p.segments == before and p.active.active and p.end_offset == 2
+        for i in range(4):
+            p.append_batches(encode_batch([b"z%d" % i]))
+        assert len(p.segments) > len(before) and p.end_offset == 6
+        assert values(p) == [b"x" * 100, b"x" * 100, b"z0", b"z1", b"z2", b"z3"]
+        assert scan(p) == [0, 1, 2, 3, 4, 5]
+    with umlog.open(data_dir) as b:
+        assert values(b.topic("t").partition(0))[-1] == b"z3"

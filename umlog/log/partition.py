@@ -430,10 +430,22 @@ class Partition:
             self._roll()
 
     def _roll(self) -> None:
+        # Every step that can fail (fdatasync, creating the new segment's files:
+        # EMFILE, ENOSPC) comes before the old segment is made inactive, so a
+        # failed roll changes nothing and the next append simply tries again.
+        # (Made inactive first, a failure left the old segment in place with
+        # its indexes trimmed and unmapped: the next append wrote its batch and
+        # then failed on the index, offsets not advanced.)
         old = self.active
         synced = self.fsync != "never"
-        old.make_inactive(sync=synced)
+        if synced:
+            old.sync()
         new = LogSegment(self.directory, old.next_offset, active=True, create=True, **self._segment_kwargs())
+        try:
+            old.make_inactive(sync=False)
+        except BaseException:
+            new.delete()
+            raise
         self.segments.append(new)
         self._bases.append(new.base_offset)
         if synced:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import logging
 import struct
+import time
 
 from kio.schema.errors import ErrorCode
 
@@ -172,12 +173,30 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None):
         # topic) is the client's doing; a storage failure or a bug is ours.
         level = logging.ERROR if code in (ErrorCode.kafka_storage_error, ErrorCode.unknown_server_error) \
             else logging.WARNING
-        log.log(level, "produce to %s-%d failed: %r", topic_name, index, e)
+        _log_failure(level, topic_name, index, e)
         return code, -1, -1, -1
     if cache is not None:
         cache.append(BatchRecord(first_seq, last_seq, base, last, append_time))
     door.notify_append(topic_name, index)
     return ErrorCode.none, base, append_time, p.start_offset
+
+
+# (topic, partition) -> (monotonic time of the last line, failures not logged since)
+_failure_lines: dict[tuple[str, int], tuple[float, int]] = {}
+
+
+def _log_failure(level: int, topic: str, index: int, e: BaseException) -> None:
+    """One line per partition per second at most: a full disk fails every produce,
+    and a line for each would flood the log (often on that same disk)."""
+    key = (topic, index)
+    now = time.monotonic()
+    last, quiet = _failure_lines.get(key, (0.0, 0))
+    if now - last < 1.0:
+        _failure_lines[key] = (last, quiet + 1)
+        return
+    _failure_lines[key] = (now, 0)
+    more = f" ({quiet} more since the last such line)" if quiet else ""
+    log.log(level, "produce to %s-%d failed: %r%s", topic, index, e, more)
 
 
 def _restore_from_log(state: ProducerState, key, p, log_append_time: bool) -> None:
