@@ -152,9 +152,9 @@ def check_keys(topic: str, partition: int, keys=None, batches=None) -> None:
     else:
         bad = any(k is None for k in keys)
     if bad:
+        where = f" (partition {partition})" if partition >= 0 else ""
         raise InvalidRecordError(
-            f"topic {topic!r} (partition {partition}) is compacted (cleanup.policy=compact): "
-            "every record needs a key"
+            f"topic {topic!r}{where} is compacted (cleanup.policy=compact): every record needs a key"
         )
 
 
@@ -474,8 +474,7 @@ def compact_partition(
         return out
     now = _now_ms() if now_ms is None else now_ms
     segs, end = _cleanable(p, now)
-    segs = [s for s in segs if s.size]
-    if not segs:
+    if not any(s.size for s in segs):
         return out
     ckpt = 0 if full else _read_checkpoint(p.directory)
     if ckpt and ckpt not in {s.base_offset for s in segs} | {end}:
@@ -500,6 +499,8 @@ def compact_partition(
     for group in _groups(segs, p.config["segment.bytes"]):
         if stop is not None and stop():
             break
+        if not any(s.size for s in group):
+            continue
         stats = _clean_group(p, group, omap, dirty_start, tomb_horizon, stop)
         out.segments_in += len(group)
         out.bytes_in += stats[0]
