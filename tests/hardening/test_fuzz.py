@@ -111,3 +111,19 @@ def test_partition_counts_beyond_the_file_descriptor_budget_are_refused(server):
     assert sorted(n for n in os.listdir(server.data_dir) if n.startswith(("t-", "huge"))) == ["t-0", "t-1", "t-2"]
     server.stop()
     server.start()  # and the data dir opens again
+
+
+def test_metadata_v11_with_a_null_topic_name_closes_the_connection(server):
+    """Found by the long fuzz run: Metadata v10-v11 requests may carry a null topic
+    name, but their responses cannot (kio's writer raised: 'internal error')."""
+    # header v2: api 3, version 11, correlation 5, client_id null, no tags; then
+    # topics: one (compact 2), topic_id zero uuid, name null (compact 0), tags;
+    # allow_auto_topic_creation, include_topic_authorized_operations, tags.
+    frame = struct.pack(">hhih", 3, 11, 5, -1) + b"\x00" + b"\x02" + bytes(16) + b"\x00\x00" + b"\x00\x00\x00"
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        sock.sendall(struct.pack(">i", len(frame)) + frame)
+        assert sock.recv(100) == b""
+    finally:
+        sock.close()
+    assert "does not support null topic names" in server.log_text()

@@ -15,6 +15,7 @@ import logging
 from kio.schema.errors import ErrorCode
 
 from umlog import errors as E
+from umlog.errors import RemoteProtocolError
 
 from ._util import ZERO_MS, make, response_module
 
@@ -82,6 +83,11 @@ async def handle_metadata(ctx, req):
     else:
         for rt in requested:
             name = rt.name
+            if name is None and ctx.version < 12:
+                # Found by tools/fuzz_kafka.py: a null name (allowed in the v10-v11
+                # request) cannot be echoed (non-nullable in those responses);
+                # Kafka refuses such a request too.
+                raise RemoteProtocolError(f"Metadata v{ctx.version} does not support null topic names")
             if name is None:  # by topic id only: we do not resolve ids
                 entries.append(make(mod.MetadataResponseTopic, error_code=ErrorCode.unknown_topic_id,
                                     name=None, topic_id=rt.topic_id, is_internal=False,
