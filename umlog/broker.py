@@ -34,7 +34,8 @@ import os
 import shutil
 import threading
 import uuid
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ._native.core import RecordMetadata, TopicAppender, partition_for_key
 from .config import TopicConfig, validate_topic_name
@@ -67,7 +68,7 @@ class Topic:
     sticky partition that changes when its open batch is sealed.
     """
 
-    def __init__(self, broker: "Broker", name: str, topic_id: str, config: TopicConfig, partitions: list[Partition]):
+    def __init__(self, broker: Broker, name: str, topic_id: str, config: TopicConfig, partitions: list[Partition]):
         self._broker = broker
         self.name = name
         self.id = topic_id
@@ -265,7 +266,8 @@ class Broker:
                 pid = None
             os.close(fd)
             who = f"process {pid}" if pid else "another process"
-            raise DataDirLockedError(f"data dir {self.path} is locked by {who} (one writer per data dir)", pid) from None
+            msg = f"data dir {self.path} is locked by {who} (one writer per data dir)"
+            raise DataDirLockedError(msg, pid) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -386,7 +388,7 @@ class Broker:
             self._refresh_topics()
             t = self._topics.get(name)
         if t is None and name in INTERNAL_TOPICS and not self.readonly:
-            self.offsets  # creates __consumer_offsets on demand, with its config
+            _ = self.offsets  # creates __consumer_offsets on demand, with its config
             t = self._topics.get(name)
         if t is None:
             raise UnknownTopicError(f"unknown topic {name!r}")
@@ -443,7 +445,9 @@ class Broker:
                 if entry.endswith(".deleting"):
                     shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
 
-    def alter_topic_config(self, name: str, set: Mapping[str, Any] | None = None, delete: Iterable[str] = ()) -> TopicConfig:
+    def alter_topic_config(
+        self, name: str, set: Mapping[str, Any] | None = None, delete: Iterable[str] = ()
+    ) -> TopicConfig:
         """Validate and apply config changes all at once; returns the new config."""
         self._check_writable()
         with self._lock:
@@ -618,7 +622,7 @@ class Broker:
                 fsync_dir(self.path)
                 self._release_lock()
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -73,7 +73,8 @@ def main(verbose: int) -> None:
               help="Most bytes one Fetch answer holds, whatever the client asks [default: 57671680, as Kafka].")
 def serve(config_file: str | None, **options: Any) -> None:
     """Serve the data dir over the Kafka protocol until SIGTERM/SIGINT."""
-    from umlog.server.server import ServeConfig, serve as run
+    from umlog.server.server import ServeConfig
+    from umlog.server.server import serve as run
 
     settings: dict[str, Any] = _load_config_file(config_file) if config_file else {}
     settings.update({k: v for k, v in options.items() if v is not None})
@@ -95,6 +96,7 @@ main.add_command(dump.dump)
 main.add_command(export.export)
 main.add_command(bench.bench)
 from umlog.commands import groups  # noqa: E402  (umlog groups list|describe)
+
 main.add_command(groups.groups)
 
 

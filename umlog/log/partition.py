@@ -34,7 +34,7 @@ import struct
 import threading
 import time
 from bisect import bisect_right
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
