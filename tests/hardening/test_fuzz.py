@@ -127,3 +127,16 @@ def test_metadata_v11_with_a_null_topic_name_closes_the_connection(server):
     finally:
         sock.close()
     assert "does not support null topic names" in server.log_text()
+
+
+def test_metadata_auto_create_of_a_colliding_name_is_an_invalid_topic(server):
+    """Found by the long fuzz run: 'fz_0' asked for while 'fz.0' exists (one name to
+    Kafka): create_topic refused it as existing, then the lookup raised UnknownTopicError."""
+    md = load_request_schema(3, 4)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        r = fuzz_kafka.call(sock, md(topics=(_m(md).MetadataRequestTopic(name="fz.0"),),
+                                     allow_auto_topic_creation=True), 1, 4)
+        assert r.topics[0].error_code == 0
+        r = fuzz_kafka.call(sock, md(topics=(_m(md).MetadataRequestTopic(name="fz_0"),),
+                                     allow_auto_topic_creation=True), 2, 4)
+        assert r.topics[0].error_code == 17  # INVALID_TOPIC_EXCEPTION
