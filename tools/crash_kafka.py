@@ -289,6 +289,7 @@ def run(workdir: str, *, cycles: int = 3, fsync: str = "always", acks: str = "al
     duplicates = sum(n - 1 for n in copies.values() if n > 1)
     unacked_stored = len(copies) - acked
     tb = "Traceback" in server.log_text()
+    bumps = server.log_text().count("asks for a new epoch")
     result = {
         "fsync": fsync, "acks": acks, "cycles": cycles, "tails_torn": torn,
         "acked": acked, "lost": lost, "moved": moved,
@@ -296,6 +297,7 @@ def run(workdir: str, *, cycles: int = 3, fsync: str = "always", acks: str = "al
         "failed_deliveries": sum(t.failed for t in threads), "sent": sum(t.sent for t in threads),
         "batches_scanned": scanned["batches"], "bytes_scanned": scanned["bytes"],
         "startup_s_max": max(startups) if startups else 0.0, "traceback_in_log": tb,
+        "epoch_bumps": bumps,
         "client_errors": {k: v for t in threads for k, v in t.errors.items()},
     }
     assert lost == 0 and moved == 0, f"acknowledged records lost={lost} moved={moved}: {result}"

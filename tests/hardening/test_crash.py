@@ -29,8 +29,12 @@ def _run(tmp_path, **kw):
 def test_fsync_always_acks_all_idempotent_survives_sigkill(tmp_path):
     r = _run(tmp_path, cycles=3, fsync="always", acks="all", tear=False, seed=6)
     # Retries of batches written before a kill are recognised from the log
-    # (producer state rebuilt from the tail), so nothing is stored twice.
-    assert r["duplicates"] == 0, r
+    # (producer state rebuilt from the tail), so nothing is stored twice --
+    # unless librdkafka moved its producer to a new epoch (KIP-360, seen once
+    # on a heavily loaded machine): it then re-sends the batches whose fate it
+    # did not know with new sequence numbers, which no broker can tell from
+    # new records. The server logs every such request.
+    assert r["duplicates"] == 0 or r["epoch_bumps"] > 0, r
 
 
 def test_fsync_never_acks_1_loses_nothing_written(tmp_path):

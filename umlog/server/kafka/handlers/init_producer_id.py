@@ -8,12 +8,16 @@ its sequence state; otherwise a new id with epoch 0.
 
 from __future__ import annotations
 
+import logging
+
 from kio.schema.errors import ErrorCode
 
 from ._util import ZERO_MS, make, response_module
 
 API_KEY = 22
 API_VERSIONS = (0, 4)
+
+log = logging.getLogger("umlog.server.kafka")
 
 
 async def handle_init_producer_id(ctx, req):
@@ -25,6 +29,13 @@ async def handle_init_producer_id(ctx, req):
     pid = getattr(req, "producer_id", -1)
     epoch = getattr(req, "producer_epoch", -1)
     st = door.producers.get(pid) if pid >= 0 else None
+    if pid >= 0:
+        # A client asking to move an existing producer on (KIP-360) re-sends
+        # the batches whose fate it does not know under the new epoch with new
+        # sequence numbers: no broker can tell those from new records, so the
+        # line is worth having when duplicates are investigated.
+        log.warning("producer %d (epoch %d) asks for a new epoch%s", pid, epoch,
+                    "" if st is not None else "; unknown here, a new producer id is issued")
     if st is not None and epoch == st.epoch and st.epoch < 32767:
         st.epoch += 1
         st.partitions.clear()
