@@ -364,7 +364,9 @@ def encode_fetch_response(
     batch buffers, which are passed through untouched (no copy, no re-encoding).
 
     last_stable_offset is the high watermark (no transactions); aborted_transactions
-    is null; preferred_read_replica (v11+) is -1.
+    is null; preferred_read_replica (v11+) is -1. ``records`` of None is written
+    as a null field and is only for tests of how clients take it: the handler
+    answers an error row with empty records, as Kafka does.
     """
     flexible = version >= 12
     pieces: list = []

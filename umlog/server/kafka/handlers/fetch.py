@@ -47,6 +47,10 @@ ADVERTISED_VERSIONS = (0, 12)
 _NONE = ErrorCode.none.value
 _UNKNOWN = ErrorCode.unknown_topic_or_partition.value
 _OUT_OF_RANGE = ErrorCode.offset_out_of_range.value
+# Error rows carry empty records, never null: Kafka writes MemoryRecords.EMPTY
+# there, and librdkafka cannot parse a null records field (it logs PROTOERR and
+# never applies auto.offset.reset). The list is never mutated.
+_EMPTY: list = []
 
 
 def collect(door, topics, max_bytes: int):
@@ -65,7 +69,7 @@ def collect(door, topics, max_bytes: int):
         for fp in ft.partitions:
             index = fp.partition
             if t is None or not 0 <= index < t.num_partitions:
-                rows.append(FetchPartitionResult(index, _UNKNOWN, -1, -1, None))
+                rows.append(FetchPartitionResult(index, _UNKNOWN, -1, -1, _EMPTY))
                 error = True
                 continue
             p = t.partition(index)
@@ -79,11 +83,11 @@ def collect(door, topics, max_bytes: int):
             try:
                 batches = p.read_batches(offset, max(limit, 1))
             except E.OffsetOutOfRangeError:
-                rows.append(FetchPartitionResult(index, _OUT_OF_RANGE, hw, start, None))
+                rows.append(FetchPartitionResult(index, _OUT_OF_RANGE, hw, start, _EMPTY))
                 error = True
                 continue
             except Exception as e:
-                rows.append(FetchPartitionResult(index, error_code_for(e).value, hw, start, None))
+                rows.append(FetchPartitionResult(index, error_code_for(e).value, hw, start, _EMPTY))
                 error = True
                 continue
             keep = []
