@@ -18,3 +18,37 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+# --- time: the one knob for a slow machine ---------------------------------------
+#
+# Tests never synchronise with a fixed sleep: they wait for the event they assert
+# (``wait_until``) with a generous deadline. Every deadline goes through
+# ``scaled``, so a slower machine raises one number, UMLOG_TEST_TIME_SCALE
+# (default 1; CI sets 3), instead of editing tests.
+
+TIME_SCALE = float(os.environ.get("UMLOG_TEST_TIME_SCALE", "3" if os.environ.get("CI") else "1"))
+
+
+def scaled(seconds: float) -> float:
+    """A deadline or timeout in seconds, stretched by UMLOG_TEST_TIME_SCALE."""
+    return seconds * TIME_SCALE
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
+    """Poll ``predicate()`` until it returns a true value, and return that value.
+
+    ``timeout`` is scaled by UMLOG_TEST_TIME_SCALE. On expiry an AssertionError
+    names ``what`` and the last value seen, so a failure says what never happened.
+    """
+    import time
+
+    deadline = time.monotonic() + scaled(timeout)
+    value = None
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
