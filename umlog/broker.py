@@ -50,7 +50,7 @@ from .errors import (
 )
 from .log.cleaner import Cleaner, check_keys, is_compacted
 from .log.files import atomic_write_json, fsync_dir, parse_partition_dir, partition_dir_name, read_json
-from .log.partition import Partition
+from .log.partition import AppendHooks, Partition
 
 __all__ = ["Broker", "Topic", "RecordMetadata", "open_broker", "FSYNC_POLICIES"]
 
@@ -130,7 +130,7 @@ class Topic:
         if key is None and is_compacted(self.config):
             check_keys(self.name, -1 if partition is None else partition, None)
         md = self._appender.append(value, key, headers, timestamp, partition)
-        if self._sync_each:
+        if self._sync_each and self._broker.hooks.sync_inline():
             self.partitions[md.partition].sync_through(md.offset + 1)
         return md
 
@@ -209,6 +209,7 @@ class Broker:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.was_clean = True
+        self.hooks = AppendHooks()  # shared by every partition: listeners, deferred syncs
         self._open()
 
     # -- opening -----------------------------------------------------------------
@@ -341,7 +342,8 @@ class Broker:
         try:
             for i in indexes:
                 parts.append(Partition(os.path.join(self.path, partition_dir_name(name, i)), name, i, cfg,
-                                       writable=not self.readonly, clean=clean, fsync=self.fsync))
+                                       writable=not self.readonly, clean=clean, fsync=self.fsync,
+                                       hooks=self.hooks))
         except BaseException:
             for p in parts:
                 for seg in p.segments:
@@ -564,6 +566,22 @@ class Broker:
         return self._cleaner.compact(t.partitions, now_ms)
 
     # -- durability -------------------------------------------------------------------
+
+    def add_append_listener(self, fn) -> None:
+        """Call ``fn(partition)`` whenever records become readable in any partition,
+        on the appending thread (see ``AppendHooks``: quick, never raising)."""
+        self.hooks.listeners.append(fn)
+
+    def remove_append_listener(self, fn) -> None:
+        if fn in self.hooks.listeners:
+            self.hooks.listeners.remove(fn)
+
+    def defer_syncs_on(self, thread_id: int | None) -> None:
+        """Under ``fsync="always"``, appends made on ``thread_id`` return before
+        their fdatasync: that thread's owner must wait on
+        ``Partition.sync_through`` before acknowledging them (the server's hub
+        does). None: every append syncs before it returns."""
+        self.hooks.defer_thread = thread_id
 
     def _partitions(self) -> list[Partition]:
         return [p for t in list(self._topics.values()) for p in t.partitions]

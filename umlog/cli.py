@@ -24,19 +24,6 @@ def _setup_logging(verbose: int) -> None:
                         format="umlog: %(levelname)s %(name)s: %(message)s")
 
 
-def _load_config_file(path: str) -> dict[str, Any]:
-    """TOML; keys as the long options (``data-dir``, ``kafka``, ...), at the top
-    level or under a ``[serve]`` table."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
-    table = data.get("serve", data)
-    return {str(k).replace("-", "_"): v for k, v in table.items() if not isinstance(v, dict)}
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="umlog", prog_name="umlog")
@@ -45,44 +32,56 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-@main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Data directory [default: ./umlog-data].")
-@click.option("--kafka", "kafka", metavar="HOST:PORT", default=None,
-              help="Kafka listener [default: 127.0.0.1:9092]; port 0 picks a free one.")
-@click.option("--advertise", metavar="HOST:PORT", default=None,
-              help="Address given to clients in Metadata [default: the listener's].")
-@click.option("--fsync", type=click.Choice(["never", "interval", "always"]), default=None,
-              help="Durability of appends [default: never].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TOML file with the same settings; options given here win.")
-@click.option("--auto-create/--no-auto-create", default=None,
-              help="Create unknown topics on Metadata requests [default: on].")
-@click.option("--default-partitions", type=click.IntRange(1, 100_000), default=None,
-              help="Partitions of auto-created topics [default: 1].")
-@click.option("--max-request-size", type=click.IntRange(1024, 2**31 - 1), default=None,
-              help="Largest request frame in bytes [default: 104857600].")
-@click.option("--group-initial-rebalance-delay-ms", type=click.IntRange(0, 300_000), default=None,
-              help="How long a new group's first round waits for more members [default: 3000, as Kafka].")
-@click.option("--max-connections", type=click.IntRange(1, 2**31 - 1), default=None,
-              help="Connections past this are accepted and closed at once "
-                   "[default: half the file descriptors left after opening the data dir].")
-@click.option("--idle-timeout-ms", type=click.IntRange(0, 2**31 - 1), default=None,
-              help="Close connections idle this long; 0 never [default: 600000, as Kafka].")
-@click.option("--fetch-max-bytes", type=click.IntRange(1024, 2**31 - 1), default=None,
-              help="Most bytes one Fetch answer holds, whatever the client asks [default: 57671680, as Kafka].")
-def serve(config_file: str | None, **options: Any) -> None:
-    """Serve the data dir over the Kafka protocol until SIGTERM/SIGINT."""
-    from umlog.server.server import ServeConfig
-    from umlog.server.server import serve as run
+class _SettingsError(click.ClickException):
+    """A bad config file or value: one line on stderr, exit 2, nothing opened."""
 
-    settings: dict[str, Any] = _load_config_file(config_file) if config_file else {}
-    settings.update({k: v for k, v in options.items() if v is not None})
-    known = {f for f in ServeConfig.__dataclass_fields__}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise click.UsageError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
-    sys.exit(run(ServeConfig(**settings)))
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _setting_options(f):
+    """One click option per declared setting that has a flag (umlog/server/settings.py)."""
+    from umlog.server.door import all_settings
+
+    for s in reversed(all_settings()):
+        if s.flag is None:
+            continue
+        dest = f"{s.table}__{s.key}"
+        default = "unset" if s.default is None else str(s.default).lower() if s.kind == "bool" else s.default
+        shown = "" if "[default:" in s.help else f" [default: {default}]"
+        help_ = f"{s.help} ({s.key} in [{s.table}] of the config file){shown}"
+        if s.kind == "bool":
+            f = click.option(s.flag, dest, default=None, help=help_)(f)
+        elif s.kind == "int":
+            f = click.option(s.flag, dest, type=click.IntRange(s.min, s.max), default=None, help=help_)(f)
+        elif s.kind == "choice":
+            f = click.option(s.flag, dest, type=click.Choice(s.choices), default=None, help=help_)(f)
+        else:
+            metavar = "HOST:PORT" if s.kind == "hostport" else "TEXT"
+            f = click.option(s.flag, dest, metavar=metavar, default=None, help=help_)(f)
+    return f
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML config file: [server], one table per door ([kafka]), [topics.defaults]; "
+                   "options given here win over it.")
+@_setting_options
+def serve(config_file: str | None, **options: Any) -> None:
+    """Serve the data dir through every configured door until SIGTERM/SIGINT."""
+    from umlog.server.door import all_settings
+    from umlog.server.runner import serve as run
+    from umlog.server.settings import SettingsError, load_file, resolve
+
+    overrides = {k.replace("__", ".", 1): v for k, v in options.items()}
+    try:
+        data = load_file(config_file) if config_file else None
+        settings = resolve(all_settings(), data, config_file or "", overrides)
+    except SettingsError as e:
+        raise _SettingsError(" ".join(str(e).split())) from None
+    sys.exit(run(settings))
 
 
 # The operator's subcommands (umlog/commands/): light modules (click only at

@@ -231,9 +231,9 @@ async def test_injected_enospc_answers_storage_error_and_recovers(tmp_path, monk
         return real(fd, data)
 
     monkeypatch.setattr(segment_mod, "write_all", write_all)
-    with umlog.open(str(tmp_path / "data")) as b:
+    with umlog.open(str(tmp_path / "data"), fsync=fsync) as b:
         b.create_topic("full")
-        door = KafkaDoor(b, fsync=fsync)
+        door = KafkaDoor(b)
         ok = await _call(door, fuzz_kafka.produce_request("full", 0, encode_batch([b"a", b"b"])), 1, 9)
         assert ok.responses[0].partition_responses[0].error_code == 0
         left[0] = 3

@@ -174,6 +174,12 @@ class OffsetStore:
 
     # -- writes ---------------------------------------------------------------------
 
+    def partition_of(self, group: str):
+        """The ``__consumer_offsets`` partition that holds ``group``'s commits
+        (None before the topic exists): a server waits on its durability."""
+        t = self._topic
+        return None if t is None else t.partitions[partition_for_group(group, t.num_partitions)]
+
     def _append(self, group: str, keys: list[bytes], values: list) -> None:
         t = self._topic
         if t is None:  # pragma: no cover - read-only brokers refuse earlier

@@ -72,6 +72,31 @@ def _base_offset(seg: LogSegment) -> int:
     return seg.base_offset
 
 
+class AppendHooks:
+    """What the owner of a broker's partitions asks of their appends (one object,
+    shared by every partition of a broker).
+
+    * ``listeners``: callables ``fn(partition)`` run whenever records become
+      readable in a partition, on the thread that appended (with the
+      partition's lock possibly held: they must be quick and must not append
+      or raise). The server's hub wakes its waiting readers this way.
+    * ``defer_thread``: under ``fsync="always"`` appends made on this thread
+      return before their fdatasync; the caller acknowledges them only after
+      ``sync_through`` (the server's event loop, which must not block on a
+      disk, does that in a worker thread). Appends from every other thread
+      sync before they return, as ever.
+    """
+
+    __slots__ = ("listeners", "defer_thread")
+
+    def __init__(self) -> None:
+        self.listeners: list = []
+        self.defer_thread: int | None = None
+
+    def sync_inline(self) -> bool:
+        return self.defer_thread is None or threading.get_ident() != self.defer_thread
+
+
 class Partition:
     """One partition directory ``DATA/<topic>-<index>/``."""
 
@@ -85,8 +110,10 @@ class Partition:
         writable: bool = True,
         clean: bool = True,
         fsync: str = "never",
+        hooks: AppendHooks | None = None,
     ) -> None:
         self.directory = directory
+        self.hooks = hooks if hooks is not None else AppendHooks()
         self.topic = topic
         self.index = index
         self.config = config
@@ -272,15 +299,18 @@ class Partition:
             if ob.full or self.fsync == "always":
                 self._seal()
         self._wake()
-        if self.fsync == "always":
+        if self.fsync == "always" and self.hooks.sync_inline():
             self.sync_through(offset + 1)
         return offset, ts
 
     def _wake(self) -> None:
-        """Wake followers (read(follow=True)) after records became readable."""
+        """Wake followers (read(follow=True)) and the append listeners after
+        records became readable."""
         if self._followers:
             with self._data_cond:
                 self._data_cond.notify_all()
+        for fn in self.hooks.listeners:
+            fn(self)
 
     def _seal(self) -> None:
         """Write the open batch (lock held)."""
@@ -355,7 +385,7 @@ class Partition:
                 self._open.next_offset = base  # advanced only once the batch is written
             end = base
         self._wake()
-        if self.fsync == "always":
+        if self.fsync == "always" and self.hooks.sync_inline():
             self.sync_through(end)
         return range(first, end)
 
@@ -412,7 +442,7 @@ class Partition:
             self.active.append_batches(data, positions, sizes, lasts, maxts)
             self._open.next_offset = base
         self._wake()
-        if self.fsync == "always":
+        if self.fsync == "always" and self.hooks.sync_inline():
             self.sync_through(base)
         return first, base - 1, lat_ts
 

@@ -225,10 +225,12 @@ async def test_shutdown_answers_a_held_join(door):
     assert r.error_code == ErrorCode.not_coordinator
 
 
-async def test_offset_commit_under_fsync_always_answers_after_the_fdatasync(broker):
+async def test_offset_commit_under_fsync_always_answers_after_the_fdatasync(tmp_path):
     from umlog.groups.offsets import OFFSETS_TOPIC
 
-    door = KafkaDoor(broker, fsync="always", group_initial_rebalance_delay_ms=0)  # the engine: fsync=never
+    broker = umlog.open(str(tmp_path / "always"), fsync="always")
+    broker.create_topic("t")
+    door = KafkaDoor(broker, group_initial_rebalance_delay_ms=0)  # appends on the loop defer to the hub's gate
     part = build(COMMIT, 8, "OffsetCommitRequestPartition", partition_index=0, committed_offset=0,
                  committed_leader_epoch=-1, committed_metadata=None)
     topic = build(COMMIT, 8, "OffsetCommitRequestTopic", name="t", partitions=(part,))
@@ -238,3 +240,4 @@ async def test_offset_commit_under_fsync_always_answers_after_the_fdatasync(brok
     for p in broker.topic(OFFSETS_TOPIC).partitions:
         assert p.flushed_offset == p.end_offset
     door.wake_all()
+    broker.close()

@@ -357,17 +357,30 @@ async def test_list_offsets(door, broker):
     assert await lo(9999) == (ErrorCode.none, -1, -1)
 
 
-async def test_group_commit_acks_after_sync(tmp_path):
-    b = umlog.open(str(tmp_path / "d"), fsync="never")
+async def test_fsync_always_acks_after_an_fdatasync_that_started_after_the_append(tmp_path, monkeypatch):
+    # The spy sees every fdatasync of a segment and the partition's end offset
+    # when it started: the ack must come after one that started with the
+    # produced record already appended (the engine's group commit, run by the
+    # hub off the loop).
+    from umlog.log import segment as segment_mod
+
+    started = []
+    real = segment_mod.LogSegment.sync
+
+    def spy(seg):
+        started.append(b.topic("t").partition(0).end_offset)
+        return real(seg)
+
+    monkeypatch.setattr(segment_mod.LogSegment, "sync", spy)
+    b = umlog.open(str(tmp_path / "d"), fsync="always")
     try:
-        door = KafkaDoor(b, fsync="always")
-        synced = []
-        real = b.sync
-        b.sync = lambda: (synced.append(b.topic("t").partition(0).end_offset), real())[1]
+        door = KafkaDoor(b)
         b.create_topic("t")
-        r = await call(door, produce_request("t", 0, encode_batch([b"x"]), acks=-1))
-        assert r.responses[0].partition_responses[0].error_code == ErrorCode.none
-        assert synced and synced[-1] >= 1
+        for n in (1, 2, 3):
+            r = await call(door, produce_request("t", 0, encode_batch([b"x"]), acks=-1))
+            assert r.responses[0].partition_responses[0].error_code == ErrorCode.none
+            assert started and started[-1] >= n
+            assert b.topic("t").partition(0).flushed_offset >= n
     finally:
         b.close()
 

@@ -1,20 +1,23 @@
-"""The Kafka door: the Kafka wire protocol in front of the engine.
+"""The Kafka door: the Kafka wire protocol in front of the hub and the engine.
 
-``KafkaDoor`` holds the shared state, ``KafkaProtocol`` one connection, and
-``handlers/`` one module per API. ``start_kafka`` binds a listening socket.
+``KafkaDoor`` is the door (its listener and shared state), ``KafkaProtocol``
+one connection, ``handlers/`` one module per API, ``settings`` the ``[kafka]``
+table. Names are imported on first use, so reading the settings (``umlog serve
+--help``) does not load the protocol code.
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from .door import KafkaDoor
-from .protocol import KafkaProtocol
-
-__all__ = ["KafkaDoor", "KafkaProtocol", "start_kafka"]
+__all__ = ["KafkaDoor", "KafkaProtocol"]
 
 
-async def start_kafka(door: KafkaDoor, host: str, port: int, **kw) -> asyncio.base_events.Server:
-    """Listen on host:port (port 0: a free one); returns the asyncio Server."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: KafkaProtocol(door), host, port, reuse_address=True, **kw)
+def __getattr__(name: str):
+    if name == "KafkaDoor":
+        from .door import KafkaDoor
+
+        return KafkaDoor
+    if name == "KafkaProtocol":
+        from .protocol import KafkaProtocol
+
+        return KafkaProtocol
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

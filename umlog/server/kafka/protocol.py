@@ -21,10 +21,10 @@ Kafka requests are size-prefixed frames (``int32 length | header | body``).
   future, awaited before the next request is answered. So a client that sends
   requests and never reads costs at most one answer (a Fetch answer is bounded
   by ``--fetch-max-bytes``) plus the frames read before the pause.
-* Limits: past ``door.max_connections`` a new connection is accepted and closed
-  at once (``door.refuse_connection`` logs it); a connection waiting for a
-  request with no byte received for ``door.idle_timeout_ms`` is closed by the
-  door's sweep (``door.watch_idle``, ``close_idle``).
+* Limits, kept by the hub for every door together: past ``--max-connections``
+  a new connection is accepted and closed at once (``hub.admit`` logs it); a
+  connection waiting for a request with no byte received for
+  ``--idle-timeout-ms`` is closed by the hub's sweep (``close_idle``).
 * ``connection_lost`` cancels the task; a long poll waiting in it is cancelled
   with it, which removes its waiters.
 
@@ -84,25 +84,23 @@ class KafkaProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        if self.door.refuse_connection(self.peer):
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        if not self.door.hub.admit(self):
             self._closing = True
             transport.close()
             return
-        loop = asyncio.get_running_loop()
-        self.last_active = loop.time()
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # pragma: no cover - exotic sockets
                 pass
-        self.door.connections.add(self)
         self._task = loop.create_task(self._run())
-        self.door.watch_idle(loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.door.connections.discard(self)
+        self.door.hub.forget(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._drain is not None and not self._drain.done():

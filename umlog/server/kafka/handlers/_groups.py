@@ -1,7 +1,7 @@
 """Shared by the group handlers: the coordinator's clock on the event loop, error
 codes, and futures for the requests the coordinator holds (JoinGroup, SyncGroup).
 
-The coordinator (``umlog.groups.coordinator``) knows no bytes and no sockets: the
+The coordinator (``umlog.groups.coordinator``, owned by the hub) knows no bytes and no sockets: the
 handlers translate kio requests into its calls and its answers into kio
 responses. A held request is an asyncio future resolved by the coordinator's
 ``respond`` callback; if the client goes away meanwhile, the connection's task
@@ -19,7 +19,7 @@ from kio.schema.errors import ErrorCode
 
 from umlog.groups.coordinator import Err
 
-__all__ = ["LoopScheduler", "code", "waiter", "client_host"]
+__all__ = ["code", "waiter", "client_host"]
 
 _CODES = {e: ErrorCode[e.value] for e in Err}
 
@@ -27,19 +27,6 @@ _CODES = {e: ErrorCode[e.value] for e in Err}
 def code(err: Err) -> ErrorCode:
     """The wire code of a coordinator error (same names as Kafka's Errors)."""
     return _CODES[err]
-
-
-class LoopScheduler:
-    """``umlog.groups.coordinator.Scheduler`` on an asyncio loop (``loop.time()`` is monotonic)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-
-    def time(self) -> float:
-        return self.loop.time()
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
-        return self.loop.call_at(when, fn)
 
 
 def waiter() -> tuple[asyncio.Future, Callable[[Any], None]]:

@@ -43,7 +43,7 @@ async def handle_create_topics(ctx, req):
                 try:
                     if partitions < 1:
                         raise ValueError(f"partitions must be >= 1, not {partitions}")
-                    topic = door.broker.create_topic(name, partitions=partitions, config=configs)
+                    topic = door.create_topic(name, partitions, configs)
                 except Exception as e:
                     code, msg = admin_error(e)
                     if code == ErrorCode.invalid_request and partitions < 1:

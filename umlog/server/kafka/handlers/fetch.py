@@ -11,10 +11,13 @@ Theory of operation
    no records this time.
 2. If the bytes found reach ``min_bytes``, or some partition has an error, or
    ``max_wait_ms`` is 0: answer now. Otherwise register one future under every
-   requested (topic, partition) in ``door.waiters`` and wait until Produce
-   appends to one of them (``door.notify_append``) or max_wait passes, then
+   requested (topic, partition) with the hub (``add_waiter``) and wait until
+   an append to one of them wakes it (the engine's append listeners: through
+   any door, or the embedded API in this process) or max_wait passes, then
    read again. There is no await between reading and registering, so an append
-   cannot slip in between (single-threaded loop).
+   on the loop cannot slip in between; one from another thread is always
+   handed to the loop (``call_soon_threadsafe``), so it wakes us after we
+   registered.
 3. Encode with ``wire.encode_fetch_response``: header pieces and the stored
    buffers, written with one ``writelines`` (no copy or re-encoding here).
 

@@ -41,7 +41,7 @@ def ensure_topic(door, name: str, allow_create: bool):
         log.warning("not auto-creating topic %r: %s", name, why)
         return None, ErrorCode.unknown_topic_or_partition
     try:
-        t = b.create_topic(name, partitions=door.default_partitions)
+        t = door.create_topic(name, door.default_partitions)
         log.info("auto-created topic %r with %d partition(s)", name, door.default_partitions)
         return t, ErrorCode.none
     except E.TopicExistsError:

@@ -32,8 +32,11 @@ async def handle_offset_commit(ctx, req):
                 p.committed_offset, getattr(p, "committed_leader_epoch", -1), p.committed_metadata or "")
     err, per = door.coordinator.commit_offsets(req.group_id, req.generation_id_or_member_epoch, req.member_id,
                                                getattr(req, "group_instance_id", None) or None, offsets)
-    if door.group_commit is not None and any(e is Err.NONE for e in per.values()):
-        await door.group_commit.wait(door.group_commit.appended())
+    if any(e is Err.NONE for e in per.values()):
+        # --fsync always: answered after the fdatasync that covers the commit
+        p = door.broker.offsets.partition_of(req.group_id)
+        if p is not None:
+            await door.hub.durable({p: p.end_offset})
     topics = tuple(
         make(mod.OffsetCommitResponseTopic, name=t.name, partitions=tuple(
             make(mod.OffsetCommitResponsePartition, partition_index=p.partition_index,

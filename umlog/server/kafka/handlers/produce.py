@@ -25,7 +25,10 @@ is still recognised; with nothing found it starts fresh at whatever sequence it
 sends.
 
 ``--fsync always``: the response waits for a group-committed fdatasync that
-started after the appends (``door.GroupCommit``).
+started after the appends (the hub's durability gate, ``hub.durable``), and so
+does the answer to a retried duplicate (its original may still be waiting for
+its own). Readers waiting for these partitions are woken by the engine's append
+listeners (the hub), not here.
 
 Check-then-append runs without an await in between, so concurrent requests
 from several connections cannot interleave between the sequence check and the
@@ -103,8 +106,9 @@ def _seq_add(seq: int, n: int) -> int:
     return seq + n
 
 
-def _append_one(door, topic_name: str, index: int, records: memoryview | None):
-    """Append one partition's records: (error_code, base_offset, append_time, log_start)."""
+def _append_one(door, topic_name: str, index: int, records: memoryview | None, touched: dict):
+    """Append one partition's records: (error_code, base_offset, append_time, log_start).
+    ``touched[partition]`` is set to the end offset the answer must wait to be durable."""
     b = door.broker
     if topic_name in INTERNAL_TOPICS:  # as Kafka: clients never write the broker's own topics
         log.warning("produce to internal topic %s refused", topic_name)
@@ -151,6 +155,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None):
         if cache:
             for rec in cache:
                 if rec.first_seq == first_seq and rec.last_seq == last_seq:
+                    touched[p] = max(touched.get(p, 0), rec.last_offset + 1)
                     return ErrorCode.none, rec.base_offset, rec.append_time, p.start_offset
             expected = _seq_add(cache[-1].last_seq, 1)
             if first_seq != expected:
@@ -177,7 +182,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None):
         return code, -1, -1, -1
     if cache is not None:
         cache.append(BatchRecord(first_seq, last_seq, base, last, append_time))
-    door.notify_append(topic_name, index)
+    touched[p] = last + 1
     return ErrorCode.none, base, append_time, p.start_offset
 
 
@@ -232,23 +237,21 @@ async def handle_produce(ctx, req):
     elif req.transactional_id is not None:
         refuse = ErrorCode.transactional_id_authorization_failed  # no transactions here
     results = []
-    appended = False
+    touched: dict = {}
     for name, parts in req.topics:
         rows = []
         for pd in parts:
             if refuse is not None:
                 rows.append((pd.index, refuse, -1, -1, -1))
                 continue
-            code, base, append_time, log_start = _append_one(door, name, pd.index, pd.records)
-            appended = appended or (code == ErrorCode.none and base >= 0)
+            code, base, append_time, log_start = _append_one(door, name, pd.index, pd.records, touched)
             rows.append((pd.index, code, base, append_time, log_start))
         results.append((name, rows))
     if req.acks == 0:
         return None
-    gc = door.group_commit
-    if gc is not None and appended:
+    if touched:
         try:
-            await gc.wait(gc.appended())
+            await door.hub.durable(touched)
         except Exception as e:  # fdatasync failed: not durable, so not acknowledged
             log.error("produce: fdatasync failed, answering KAFKA_STORAGE_ERROR: %r", e)
             results = [(name, [(i, ErrorCode.kafka_storage_error if code == ErrorCode.none else code, -1, -1, -1)

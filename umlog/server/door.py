@@ -1,0 +1,73 @@
+"""The ``Door`` interface: one protocol front end over the hub.
+
+``umlog serve`` loops over the registered doors (``DOORS``): each declares its
+settings once (``settings``: a table named after the door, whose address key is
+``listen``), is started on the hub when its ``listen`` is set, prints its
+bound address in the ready line (``umlog ready kafka=... mqtt=...``), and is
+drained and closed at shutdown. Doors are sibling packages
+(``umlog/server/kafka/``, ...) and never import each other: what two of them
+need lives in the hub.
+
+Lifecycle, driven by ``umlog.server.runner``::
+
+    door = Door(hub, settings.table(door.name))
+    address = await door.start()   # listening; "host:port" actually bound
+    ...                            # serving
+    door.stop_accepting()          # shutdown: no new connections
+    await door.close()             # after the hub drained in-flight requests
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from .settings import Setting
+
+__all__ = ["Door", "door_classes", "all_settings"]
+
+
+class Door(abc.ABC):
+    """A protocol front end (see the module docstring)."""
+
+    #: the door's name: its config table, its flag prefix, its word in the ready line
+    name: ClassVar[str]
+    #: every setting of the door's table; ``listen`` first (None: the door is off)
+    settings: ClassVar[tuple[Setting, ...]]
+
+    def __init__(self, hub: Any, options: dict[str, Any]) -> None:
+        self.hub = hub
+        self.options = options
+
+    @classmethod
+    def enabled(cls, options: dict[str, Any]) -> bool:
+        return options.get("listen") is not None
+
+    @abc.abstractmethod
+    async def start(self) -> str:
+        """Start listening; return the address actually bound, ``host:port``."""
+
+    @abc.abstractmethod
+    def stop_accepting(self) -> None:
+        """Shutdown begins: accept no new connection (held requests are answered
+        by the hub's ``wake_all``)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the listener for good (connections are closed by the hub)."""
+
+
+def door_classes() -> list[type[Door]]:
+    """Every door ``umlog serve`` knows, in ready-line order."""
+    from .kafka import KafkaDoor
+
+    return [KafkaDoor]
+
+
+def all_settings() -> list[Setting]:
+    """The server's settings and every door's, in documentation order (read
+    from the doors' light settings modules: no protocol code is imported)."""
+    from .kafka.settings import KAFKA_SETTINGS
+    from .settings import SERVER_SETTINGS
+
+    return [*SERVER_SETTINGS, *KAFKA_SETTINGS]

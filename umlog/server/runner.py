@@ -1,0 +1,127 @@
+"""``umlog serve``: open the data dir, start every door on one hub and one loop, stop cleanly.
+
+Lifecycle: open the broker (one writer process per data dir) -> make the hub
+-> start each enabled door -> print one line ``umlog ready kafka=HOST:PORT ...``
+on stdout (the ports actually bound, so ``127.0.0.1:0`` works for tests) ->
+serve until SIGTERM/SIGINT -> every door stops accepting, held requests are
+answered (long polls wake, held group joins answer), in-flight requests get
+at most ``SHUTDOWN_GRACE_S`` -> connections close -> the broker closes (flush,
+fsync, write ``DATA/.clean``).
+
+``--fsync always`` is the engine's own mode; the hub acknowledges each append
+made on the loop after the engine's group commit covered it (``Hub.durable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from .settings import Settings
+
+__all__ = ["serve", "serve_async", "raise_nofile_limit", "SHUTDOWN_GRACE_S"]
+
+log = logging.getLogger("umlog.server")
+
+SHUTDOWN_GRACE_S = 5.0
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (every partition
+    holds descriptors, every connection one); returns the soft limit now, -1 if unknown."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        return soft
+    except (ImportError, ValueError, OSError):
+        return -1
+
+
+async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out: Any = None) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when running in the main thread)."""
+    import umlog
+
+    from .door import door_classes
+    from .hub import Hub, default_max_connections
+
+    out = out if out is not None else sys.stdout
+    loop = asyncio.get_running_loop()
+    stop = stop if stop is not None else asyncio.Event()
+    server = settings.table("server")
+    broker = umlog.open(server["data_dir"], fsync=server["fsync"])
+    hub = None
+    doors: list = []
+    try:
+        max_conn = server["max_connections"]
+        hub = Hub(broker, max_connections=max_conn if max_conn is not None else default_max_connections(),
+                  idle_timeout_ms=server["idle_timeout_ms"],
+                  group_initial_rebalance_delay_ms=server["group_initial_rebalance_delay_ms"],
+                  topic_defaults=settings.topic_defaults)
+        hub.bind(loop)
+        bound = []
+        for cls in door_classes():
+            options = settings.table(cls.name)
+            if not cls.enabled(options):
+                continue
+            door = cls(hub, options)
+            address = await door.start()
+            doors.append(door)
+            bound.append(f"{cls.name}={address}")
+        if not doors:
+            raise ValueError("every door is off: give at least one listen address")
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
+                pass
+        print("umlog ready " + " ".join(bound), file=out, flush=True)
+        log.info("serving %s (fsync=%s) with %s; max %s connections, idle timeout %d ms",
+                 server["data_dir"], server["fsync"], ", ".join(bound),
+                 hub.max_connections or "unlimited", hub.idle_timeout_ms)
+        try:
+            await stop.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            log.info("shutting down")
+            await hub.drain(doors, SHUTDOWN_GRACE_S)
+    finally:
+        for door in doors:  # a door that failed to start leaves the others to close
+            await door.close()
+        if hub is not None:
+            hub.close()
+        broker.close()
+        log.info("closed %s", server["data_dir"])
+
+
+def serve(settings: Settings) -> int:
+    """Run ``serve_async`` on a fresh loop (uvloop when installed); the process exit code."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - optional
+        uvloop = None
+    from umlog.errors import DataDirError, DataDirLockedError
+
+    raise_nofile_limit()
+    try:
+        if uvloop is not None:
+            uvloop.run(serve_async(settings))
+        else:
+            asyncio.run(serve_async(settings))
+    except (DataDirLockedError, DataDirError) as e:
+        log.error("%s", e)
+        return 1
+    except (OSError, ValueError) as e:
+        log.error("cannot serve: %s", e)
+        return 1
+    return 0
