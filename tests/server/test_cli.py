@@ -144,3 +144,15 @@ def test_the_reference_table_names_every_setting():
     table = reference(all_settings())
     for s in all_settings():
         assert f"`[{s.table}] {s.key}`" in table
+
+
+def test_the_readme_table_is_the_one_the_code_makes():
+    import os
+
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+    if not os.path.exists(readme):  # an installed package without the source tree
+        pytest.skip("no README.md beside the tests")
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
+    assert block == reference(all_settings()), "regenerate the README's settings table from reference()"
