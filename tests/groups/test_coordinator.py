@@ -219,9 +219,16 @@ def test_static_member_rejoins_without_a_rebalance_and_fences_its_old_self(coord
     a3 = join_static_first(coord, "i-a", skip=True)
     assert a3.result.skip_assignment and len(a3.result.members) == 2
     assert coord.groups["g"].state is S.STABLE and coord.groups["g"].generation == gen
-    # Without skip support (v<9) the leader's return triggers a rebalance.
-    join_static_first(coord, "i-a", skip=False)
-    assert coord.groups["g"].state is S.PREPARING_REBALANCE
+    # Without skip support (v<9) no rebalance either: the answer names its old
+    # member id as the leader, so it acts as a follower and syncs for its assignment.
+    old_leader = a3.result.member_id
+    a4 = join_static_first(coord, "i-a", skip=False)
+    r = a4.result
+    assert r.error is Err.NONE and r.generation == gen and not r.members and not r.skip_assignment
+    assert r.leader == old_leader != r.member_id
+    assert coord.groups["g"].state is S.STABLE and coord.groups["g"].leader == r.member_id
+    assert sync(coord, r).result.assignment == b"A"
+    assert coord.groups["g"].generation == gen
 
 
 def test_offset_commit_fencing(coord, sched):

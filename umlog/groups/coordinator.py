@@ -49,7 +49,8 @@ One round (a *rebalance*)::
   instance id now belongs to another member id ``FENCED_INSTANCE_ID`` (a
   static member rejoining without its member id replaces the old one, which
   is fenced: no rebalance when its protocols did not change and the group is
-  Stable).
+  Stable, even when it was the leader: with JoinGroup v9 it is told to skip
+  the assignment, before v9 it is answered as a follower).
 * Offsets. OffsetCommit from a member of the current generation, or with
   generation -1 into a group with no members (``assign()`` consumers, admin
   tools, the embedded API), goes to the shared ``OffsetStore``; during
@@ -399,14 +400,17 @@ class Coordinator:
     def _group(self, group_id: str) -> Group | None:
         return self.groups.get(group_id)
 
-    def _current_join_result(self, g: Group, m: Member, skip_assignment: bool = False) -> JoinResult:
-        is_leader = m.member_id == g.leader
+    def _current_join_result(self, g: Group, m: Member, skip_assignment: bool = False,
+                             leader: str | None = None) -> JoinResult:
+        """The answer for the current generation; ``leader`` overrides the leader id it names."""
+        leader = leader if leader is not None else (g.leader or "")
+        is_leader = m.member_id == leader
         members = []
         if is_leader:
             members = [(x.member_id, x.instance_id, x.protocols.get(g.protocol_name or "", b""))
                        for x in g.members.values()]
         return JoinResult(Err.NONE, m.member_id, g.generation, g.protocol_type, g.protocol_name,
-                          g.leader or "", members, skip_assignment and is_leader)
+                          leader, members, skip_assignment and is_leader)
 
     def _fenced(self, g: Group, member_id: str, instance_id: str | None) -> bool:
         """A static member whose instance id now maps to another member id."""
@@ -437,6 +441,9 @@ class Coordinator:
         if not self._supports(g, req):
             _call(respond, JoinResult(Err.INCONSISTENT_GROUP_PROTOCOL, req.member_id))
             return
+        # Every rebalance starts with a join: the log names who caused it.
+        log.debug("group %r: JoinGroup member=%r instance=%r in %s, generation %d, leader %r",
+                  g.group_id, req.member_id, req.instance_id, g.state.value, g.generation, g.leader)
         if not req.member_id:
             self._join_new(g, req, respond)
         else:
@@ -548,13 +555,23 @@ class Coordinator:
         if old_id in g.pending_sync:
             g.pending_sync.discard(old_id)
             g.pending_sync.add(new_id)
+        log.debug("group %r: static member %r replaces %s with %s in %s (protocols %s, leader %s, skip %s)",
+                  g.group_id, req.instance_id, old_id, new_id, g.state.value, "changed" if changed else "same",
+                  g.leader == new_id, req.supports_skip_assignment)
         m.update(req)
         m.last_heartbeat = self._now()
         st = g.state
-        if st is S.STABLE and not changed and (new_id != g.leader or req.supports_skip_assignment):
+        if st is S.STABLE and not changed:
             # Same protocols, same assignment: no rebalance (the point of static
-            # membership). A returning leader is told to skip the assignment (KIP-814).
-            _call(respond, self._current_join_result(g, m, skip_assignment=True))
+            # membership), for the leader too. A returning leader is told to skip
+            # the assignment (KIP-814, v9); one that cannot be told (v<9) is named
+            # a follower (the leader id is its old one, as Kafka answers), so it
+            # fetches its stored assignment with SyncGroup instead of computing one
+            # that a Stable group would never hand out.
+            if new_id == g.leader and not req.supports_skip_assignment:
+                _call(respond, self._current_join_result(g, m, leader=old_id))
+            else:
+                _call(respond, self._current_join_result(g, m, skip_assignment=True))
             return
         m.join_waiter = respond
         self._prepare_or_check(g)

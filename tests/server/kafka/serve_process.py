@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from helpers import scaled
+
 import umlog
 
 # Run the same umlog the tests import (the source tree after build_ext --inplace,
@@ -21,18 +23,21 @@ READY = re.compile(r"umlog ready kafka=127\.0\.0\.1:(\d+)")
 class ServeProcess:
     """A ``umlog serve`` child: ``.port``, ``.pid``, ``.stderr_text()``; ``stop()`` sends SIGTERM."""
 
-    def __init__(self, data_dir: str, *args: str, timeout: float = 30.0) -> None:
+    def __init__(self, data_dir: str, *args: str, timeout: float = 30.0, verbose: int = 0) -> None:
         self.data_dir = data_dir
         env = dict(os.environ)
         env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+        # -vv logs the group coordinator's joins and state changes: what a test
+        # waits on when the clients cannot show it (e.g. a generation).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "umlog", "serve", "--data-dir", data_dir, "--kafka", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "umlog", *["-v"] * verbose, "serve", "--data-dir", data_dir,
+             "--kafka", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir) or ".", env=env,
         )
         self._err: list[str] = []
         self._t = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t.start()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         line = ""
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
@@ -71,7 +76,7 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
