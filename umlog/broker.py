@@ -52,7 +52,7 @@ from .log.cleaner import Cleaner, check_keys, is_compacted
 from .log.files import atomic_write_json, fsync_dir, parse_partition_dir, partition_dir_name, read_json
 from .log.partition import AppendHooks, Partition
 
-__all__ = ["Broker", "Topic", "RecordMetadata", "open_broker", "FSYNC_POLICIES"]
+__all__ = ["Broker", "Topic", "RecordMetadata", "FSYNC_POLICIES"]
 
 FSYNC_POLICIES = ("never", "interval", "always")
 FORMAT_VERSION = 1
@@ -171,10 +171,6 @@ class Topic:
             for i, o in zip(idx, offsets):
                 out[i] = (p, o)
         return out
-
-    def flush(self) -> None:
-        for p in self.partitions:
-            p.flush()
 
 
 class Broker:
@@ -661,7 +657,3 @@ def _collides(name: str, existing: Iterable[str]) -> str | None:
 
 def _jsonable(overrides: Mapping[str, Any]) -> dict:
     return {k: v for k, v in overrides.items()}
-
-
-def open_broker(path, *, fsync: str = "never", readonly: bool = False, **kw) -> Broker:
-    return Broker(path, fsync=fsync, readonly=readonly, **kw)

@@ -311,9 +311,7 @@ def enforce_retention(p, now_ms: int | None = None) -> RetentionResult:
             return out
         doomed = segs[:n]
         premap(doomed)
-        p.segments = segs[n:]
-        p._bases = [s.base_offset for s in p.segments]
-        p.start_offset = p._first_offset()
+        p.replace_segments(segs[n:])
     out.segments = n
     out.bytes = sum(s.size for s in doomed)
     out.start_offset = p.start_offset
@@ -700,9 +698,7 @@ def _swap(p, group: list[LogSegment], base: int, end: int) -> None:
             # compaction; keep the in-memory list whole rather than guess.
             new.close()
             raise RuntimeError(f"{p.topic}-{p.index}: segments changed during compaction")
-        p.segments = segs[:i] + [new] + segs[i + len(group):]
-        p._bases = [s.base_offset for s in p.segments]
-        p.start_offset = p._first_offset()
+        p.replace_segments(segs[:i] + [new] + segs[i + len(group):])
     retire(group)
     for path_ in deleted:
         _unlink(path_)

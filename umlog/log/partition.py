@@ -127,7 +127,6 @@ class Partition:
         self._sync_lock = threading.Lock()
         self._unwritten = None  # a sealed batch whose write failed: retried first
         self.segments: list[LogSegment] = []
-        self._bases: list[int] = []
         self._log_append_time = config.log_append_time
         self.recovered_bytes = 0
         self._rp_fd = -1
@@ -206,7 +205,6 @@ class Partition:
             if not self.writable:
                 return
             self.segments.append(LogSegment(self.directory, 0, active=True, create=True, **kw))
-        self._bases = [s.base_offset for s in self.segments]
 
     @staticmethod
     def _load_closed(seg: LogSegment, next_base: int) -> None:
@@ -266,10 +264,6 @@ class Partition:
     @property
     def end_offset(self) -> int:
         """The next offset to be assigned (records in the open batch included)."""
-        return self._open.next_offset
-
-    @property
-    def high_watermark(self) -> int:
         return self._open.next_offset
 
     @property
@@ -477,7 +471,6 @@ class Partition:
             new.delete()
             raise
         self.segments.append(new)
-        self._bases.append(new.base_offset)
         if synced:
             self._write_recovery_point(new.base_offset, 0)
 
@@ -488,6 +481,19 @@ class Partition:
             self._seal()
             if self.active.size:
                 self._roll()
+
+    def replace_segments(self, segments: list[LogSegment]) -> None:
+        """Install a new segment list (retention dropped a prefix, compaction swapped
+        a group, a tailer reopened replaced files) and move the start offset.
+
+        The caller holds whatever excludes concurrent changes of the list (the
+        cleaner's lock; a read-only tailer is alone); the active segment of a
+        writable partition is never replaced.
+        """
+        if self.writable and not segments:
+            raise ValueError(f"{self.topic}-{self.index}: a writable partition keeps its active segment")
+        self.segments = segments
+        self.start_offset = self._first_offset()
 
     # -- durability ----------------------------------------------------------------
 
@@ -542,10 +548,6 @@ class Partition:
             self.seal()
 
     # -- reading -------------------------------------------------------------------
-
-    def _segment_for(self, offset: int) -> int:
-        i = bisect_right(self._bases, offset) - 1
-        return max(i, 0)
 
     def _segment_at(self, offset: int) -> LogSegment:
         """The segment that holds ``offset`` (the first one below all).

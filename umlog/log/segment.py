@@ -107,10 +107,6 @@ class LogSegment:
     def __repr__(self) -> str:
         return f"<LogSegment {self.log_path} size={self.size} offsets=[{self.base_offset}, {self.next_offset})>"
 
-    @property
-    def is_empty(self) -> bool:
-        return self.size == 0
-
     # -- loading and recovery -------------------------------------------------
 
     def load(self, clean: bool, trusted: int | None = None) -> int:

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 
 from .._native.core import scan_batches
 from .files import LOG_SUFFIX, parse_segment_name
-from .segment import LogSegment
+from .segment import SCAN_CHUNK, LogSegment
 
 __all__ = [
     "follow",
@@ -68,7 +68,7 @@ POLL_MIN_S = 0.001
 POLL_MAX_S = 0.05
 # Listings compared before a change of the segment list is applied.
 _LISTING_TRIES = 4
-_SCAN_CHUNK = 16 << 20
+
 
 
 def _closed(p) -> bool:
@@ -294,8 +294,7 @@ def _apply_listing(p, listing: dict[int, int]) -> None:
         last.size = 0  # scanned from the start by _scan_tail
         last.next_offset = last.base_offset
     gone = [s for s in p.segments if s not in new]
-    p.segments = new
-    p._bases = [s.base_offset for s in new]
+    p.replace_segments(new)
     retire(gone)
 
 
@@ -308,7 +307,7 @@ def _scan_tail(seg: LogSegment) -> None:
         seg.time_index.refresh()
     nxt = seg.next_offset
     while pos < size:
-        chunk = os.pread(seg.fd, min(_SCAN_CHUNK, size - pos), pos)
+        chunk = os.pread(seg.fd, min(SCAN_CHUNK, size - pos), pos)
         if not chunk:
             break
         res = scan_batches(chunk, 0, len(chunk), -1, False)
