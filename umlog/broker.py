@@ -456,11 +456,7 @@ class Broker:
             t.config = new
             t._set_append_path()
             for p in t.partitions:
-                with p.lock:
-                    p._seal()
-                    p.config = new
-                    p._log_append_time = new.log_append_time
-                    p._open.set_codec(new.codec)
+                p.reconfigure(new)
             return new
 
     def add_partitions(self, name: str, total: int) -> Topic:

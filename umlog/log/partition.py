@@ -482,6 +482,15 @@ class Partition:
             if self.active.size:
                 self._roll()
 
+    def reconfigure(self, config: TopicConfig) -> None:
+        """Apply a topic's new config: records already in the open batch are
+        written under the old one (codec, timestamp type), later ones under the new."""
+        with self.lock:
+            self._seal()
+            self.config = config
+            self._log_append_time = config.log_append_time
+            self._open.set_codec(config.codec)
+
     def replace_segments(self, segments: list[LogSegment]) -> None:
         """Install a new segment list (retention dropped a prefix, compaction swapped
         a group, a tailer reopened replaced files) and move the start offset.
