@@ -355,6 +355,14 @@ class Broker:
         if self._closed:
             raise BrokerClosedError(f"broker on {self.path} is closed")
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def check_writable(self) -> None:
+        """Raise BrokerClosedError or ReadOnlyError unless appends are possible."""
+        self._check_writable()
+
     def _check_writable(self) -> None:
         self._check_open()
         if self.readonly:
@@ -499,7 +507,11 @@ class Broker:
                 store = self._offsets
         return store
 
-    def _create_internal_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> Topic:
+    def internal_topic(self, name: str, partitions: int, config: Mapping[str, Any]) -> Topic:
+        """An internal topic (``__consumer_offsets``), created with ``partitions`` and
+        ``config`` if it does not exist yet: the services above the engine keep
+        their state in such topics."""
+        self._check_writable()
         with self._lock:
             t = self._topics.get(name)
             return t if t is not None else self.create_topic(name, partitions, config)

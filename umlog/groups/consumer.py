@@ -178,7 +178,7 @@ class Consumer:
                 if got:
                     idle_since = time.monotonic()
                     continue
-                if not self.follow or self.broker._closed:
+                if not self.follow or self.broker.closed:
                     break
                 deadline = None if self.timeout is None else idle_since + self.timeout
                 if deadline is not None and time.monotonic() >= deadline:
@@ -208,7 +208,7 @@ class Consumer:
         self._consumed = 0
         if self.group is None:
             return {}
-        self.broker._check_writable()
+        self.broker.check_writable()
         moved = {tp: o for tp, o in self._positions.items() if self._committed.get(tp) != o}
         if moved:
             self.broker.offsets.commit(self.group, {tp: OffsetAndMetadata(o) for tp, o in moved.items()})
@@ -221,7 +221,7 @@ class Consumer:
         if self._closed:
             return
         self._current = None
-        if not self.broker._closed:
+        if not self.broker.closed:
             if self._can_commit:
                 moved = {tp: o for tp, o in self._positions.items() if self._committed.get(tp) != o}
                 if moved:

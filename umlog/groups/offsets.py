@@ -99,14 +99,12 @@ class OffsetStore:
 
     def _open_topic(self):
         b = self.broker
-        if OFFSETS_TOPIC in b._topics:
-            return b._topics[OFFSETS_TOPIC]
         if b.readonly:
             try:
                 return b.topic(OFFSETS_TOPIC)
             except UnknownTopicError:
                 return None
-        return b._create_internal_topic(OFFSETS_TOPIC, self._partitions_wanted, OFFSETS_TOPIC_CONFIG)
+        return b.internal_topic(OFFSETS_TOPIC, self._partitions_wanted, OFFSETS_TOPIC_CONFIG)
 
     @property
     def topic(self):
@@ -198,7 +196,7 @@ class OffsetStore:
         No validation against the log here (the callers do what they must).
         :raises ReadOnlyError: on a read-only broker.
         """
-        self.broker._check_writable()
+        self.broker.check_writable()
         if not offsets:
             return
         now = _now_ms()
@@ -219,7 +217,7 @@ class OffsetStore:
     def delete(self, group: str, partitions: Iterable[TopicPartition] | None = None) -> list[TopicPartition]:
         """Tombstone the given committed offsets of ``group`` (all of them when None);
         returns those that existed."""
-        self.broker._check_writable()
+        self.broker.check_writable()
         with self._lock:
             g = self._offsets.get(group, {})
             doomed = list(g) if partitions is None else [tuple(tp) for tp in partitions if tuple(tp) in g]
