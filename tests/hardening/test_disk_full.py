@@ -8,7 +8,6 @@ and ENOSPC injected into the engine's log writes under the door in-process (alwa
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
@@ -21,6 +20,7 @@ import uuid
 import fuzz_kafka  # tools/, put on sys.path by conftest.py
 import pytest
 from harness import Server, check_data_dir
+from helpers import wait_until_async
 from kio.index import load_response_schema
 from kio.serial import entity_reader
 
@@ -128,8 +128,10 @@ def test_full_tmpfs_idempotent_librdkafka_producer_delivers_everything_once_spac
     s = Server(data, "--fsync", "always", log_path=os.path.join(os.path.dirname(small_fs), "server-rdk.log"))
     s.start()
     try:
+        # batch.size below the topic's segment.bytes: a larger request is
+        # RECORD_LIST_TOO_LARGE, as in Kafka
         p = ck.Producer({"bootstrap.servers": s.bootstrap, "acks": "all", "enable.idempotence": True,
-                         "linger.ms": 5, "message.timeout.ms": 60_000, "retry.backoff.ms": 100,
+                         "linger.ms": 5, "batch.size": 64 * 1024, "message.timeout.ms": 60_000, "retry.backoff.ms": 100,
                          "log_level": 2})
         acked: dict[bytes, int] = {}
         failed = []
@@ -209,10 +211,8 @@ async def _call(door, body, corr: int, version: int):
     tr = _Transport()
     proto.connection_made(tr)
     proto.data_received(struct.pack(">i", len(raw := fuzz_kafka.request_bytes(type(body), body, corr))) + raw)
-    for _ in range(400):
-        await asyncio.sleep(0.005)
-        if len(tr.written) >= 4 and len(tr.written) >= 4 + struct.unpack_from(">i", tr.written)[0]:
-            break
+    await wait_until_async(lambda: len(tr.written) >= 4 and len(tr.written) >= 4 + struct.unpack_from(
+        ">i", tr.written)[0], 10, "the whole response")
     proto.connection_lost(None)
     cls = load_response_schema(type(body).__api_key__, version)
     return entity_reader(cls)(bytes(tr.written[4:]), 5 if cls.__flexible__ else 4)[0]

@@ -45,7 +45,6 @@ from .._native.core import (
     crc32c,
     decode_records,
     encode_batch,
-    scan_batches,
     set_base_offset,
     set_log_append_time,
     validate_batch,
@@ -54,6 +53,7 @@ from ..config import TopicConfig
 from ..errors import CorruptBatchError, DecodeError, OffsetOutOfRangeError, ReadOnlyError
 from . import cleaner, tailing
 from .files import LOG_SUFFIX, parse_segment_name
+from .producer_state import ProducerStateManager, seq_add
 from .segment import LogSegment
 
 __all__ = ["Partition"]
@@ -135,6 +135,9 @@ class Partition:
         # segment (umlog/log/tailing.py).
         self._data_cond = threading.Condition(threading.Lock())
         self._followers = 0
+        # Idempotent producers' state (producer_state.py): loaded on first use,
+        # then kept current by append_batches and snapshotted at rolls and close.
+        self._pstate: ProducerStateManager | None = None
         if writable:
             os.makedirs(directory, exist_ok=True)
         self._load(clean)
@@ -435,6 +438,14 @@ class Partition:
             self._maybe_roll(total, base - 1)
             self.active.append_batches(data, positions, sizes, lasts, maxts)
             self._open.next_offset = base
+            st = self._pstate
+            if st is not None:
+                for i, info in enumerate(infos):
+                    if info.producer_id >= 0:
+                        last = int(lasts[i])
+                        first = last - (info.last_offset - info.base_offset)
+                        st.update(info.producer_id, info.producer_epoch, info.base_sequence,
+                                  seq_add(info.base_sequence, last - first), first, last, lat_ts)
         self._wake()
         if self.fsync == "always" and self.hooks.sync_inline():
             self.sync_through(base)
@@ -473,6 +484,12 @@ class Partition:
         self.segments.append(new)
         if synced:
             self._write_recovery_point(new.base_offset, 0)
+        if self._pstate is not None:
+            # A failed snapshot costs only a longer replay after a crash.
+            try:
+                self._pstate.write_snapshot(new.base_offset, durable=synced)
+            except OSError:
+                pass
 
     def roll(self) -> None:
         """Seal the open batch and start a new segment (if the active one has data)."""
@@ -481,6 +498,43 @@ class Partition:
             self._seal()
             if self.active.size:
                 self._roll()
+
+    # -- idempotent producers ------------------------------------------------------
+
+    @property
+    def producer_state(self) -> ProducerStateManager:
+        """This partition's idempotent-producer state (``producer_state.py``),
+        loaded on first use from the newest snapshot and the batches after it;
+        call on the thread that appends (the server's loop), never under the lock."""
+        st = self._pstate
+        if st is None:
+            self.seal()
+            with self.lock:
+                st = self._pstate
+                if st is None:
+                    st = ProducerStateManager(self.directory)
+                    st.load(self._open.next_offset, self._replay_batch_headers)
+                    self._pstate = st
+        return st
+
+    def _replay_batch_headers(self, from_offset: int):
+        """(BatchInfos, log_append_time) of the stored batches from the one holding
+        ``from_offset``: one 61-byte read per batch, no records decoded."""
+        lat = self._log_append_time
+        for seg in list(self.segments):
+            if seg.next_offset <= from_offset or seg.size == 0:
+                continue
+            found = seg.find_position(max(from_offset, seg.base_offset))
+            pos = found[0] if found else seg.size
+            infos = []
+            while pos < seg.size:
+                head = seg.read(pos, 61)
+                if len(head) < 61:
+                    break
+                info = batch_info(head, 0)
+                infos.append(info)
+                pos += info.size
+            yield infos, lat
 
     def reconfigure(self, config: TopicConfig) -> None:
         """Apply a topic's new config: records already in the open batch are
@@ -697,35 +751,6 @@ class Partition:
                 return [seg.batches_from(found[0], max_bytes)]
         return []
 
-    def producer_batches(self, producer_id: int, max_bytes: int = 8 << 20) -> list:
-        """BatchInfo of one idempotent producer's batches in the log's tail.
-
-        The Kafka door rebuilds its duplicate/sequence state from these for a
-        producer it has not seen since a restart (Kafka rebuilds its
-        ProducerStateManager from the log the same way, from snapshots). Only
-        the last ``max_bytes`` of the active segment are scanned: retries of
-        batches in flight at a crash are all there. Oldest first.
-        """
-        if self._open.count:
-            self.seal()
-        seg = self.active
-        if seg.size == 0:
-            return []
-        oi = seg.offset_index
-        positions = oi.positions()
-        i = int(np.searchsorted(positions, max(0, seg.size - max_bytes), side="left"))
-        start = int(positions[i]) if i < len(positions) else (int(positions[-1]) if len(positions) else 0)
-        if seg.size - start > 2 * max_bytes and len(positions) == 0:
-            start = 0  # no index entries: the segment is small enough anyway
-        data = seg.read(start, seg.size - start)
-        res = scan_batches(data, 0, len(data), -1, False)
-        out = []
-        for pos in res.positions:
-            info = batch_info(data, int(pos))
-            if info.producer_id == producer_id:
-                out.append(info)
-        return out
-
     def offset_for_time(self, timestamp: int) -> int | None:
         """The first offset whose record timestamp >= timestamp, or None."""
         if self._open.count:
@@ -760,6 +785,8 @@ class Partition:
                 self._seal()
             self.sync()
             self._write_recovery_point(self.active.base_offset, self.active.size)
+            if self._pstate is not None:
+                self._pstate.write_snapshot(self.end_offset, durable=self.fsync != "never")
         for seg in self.segments:
             seg.close()
         if self._rp_fd >= 0:

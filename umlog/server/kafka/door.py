@@ -10,10 +10,9 @@ keeps only what is Kafka's:
 
 * its settings (``[kafka]``: listen, advertise, auto-create, request and
   fetch limits) and the advertised address;
-* ``producers``: idempotent-producer state (producer id -> epoch, and per
-  partition the last few batches' sequence ranges and offsets), kept in memory:
-  after a restart a producer id we do not know is accepted as new, its last
-  batches on a partition rebuilt from the log's tail on first use.
+* ``producers``: the producer ids this process issued (InitProducerId) and
+  their epochs; the sequences of their batches are kept by each partition
+  (``Partition.producer_state``), persisted beside the segments.
 
 Not thread-safe: everything runs on the loop.
 """
@@ -21,7 +20,6 @@ Not thread-safe: everything runs on the loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import time
@@ -31,41 +29,21 @@ from typing import Any
 from ..door import Door
 from .settings import DEFAULT_FETCH_MAX_BYTES, DEFAULT_MAX_REQUEST_SIZE, KAFKA_SETTINGS
 
-__all__ = ["KafkaDoor", "ProducerState", "BatchRecord", "DEFAULT_FETCH_MAX_BYTES", "DEFAULT_MAX_REQUEST_SIZE"]
+__all__ = ["KafkaDoor", "ProducerState", "DEFAULT_FETCH_MAX_BYTES", "DEFAULT_MAX_REQUEST_SIZE"]
 
 log = logging.getLogger("umlog.server.kafka")
 
-# Kafka keeps the last 5 batches per producer and partition for duplicate
-# detection (max.in.flight.requests.per.connection <= 5 for idempotence).
-PRODUCER_BATCH_CACHE = 5
-
-
-class BatchRecord:
-    """Sequence range and assigned offsets of one appended idempotent batch."""
-
-    __slots__ = ("first_seq", "last_seq", "base_offset", "last_offset", "append_time")
-
-    def __init__(self, first_seq: int, last_seq: int, base_offset: int, last_offset: int,
-                 append_time: int) -> None:
-        self.first_seq = first_seq
-        self.last_seq = last_seq
-        self.base_offset = base_offset
-        self.last_offset = last_offset
-        self.append_time = append_time
 
 
 class ProducerState:
-    """One idempotent producer: its epoch and its recent batches per partition."""
+    """A producer id this process issued (InitProducerId) and its current epoch.
+    Its batches' sequences are the partitions' own state (``Partition.producer_state``)."""
 
-    __slots__ = ("producer_id", "epoch", "partitions", "from_log")
+    __slots__ = ("producer_id", "epoch")
 
     def __init__(self, producer_id: int, epoch: int) -> None:
         self.producer_id = producer_id
         self.epoch = epoch
-        self.partitions: dict[tuple[str, int], collections.deque[BatchRecord]] = {}
-        # True for a producer id issued before this process started: its state
-        # per partition is rebuilt from the log's tail on first use.
-        self.from_log = False
 
 
 class KafkaDoor(Door):

@@ -38,7 +38,6 @@ async def handle_init_producer_id(ctx, req):
                     "" if st is not None else "; unknown here, a new producer id is issued")
     if st is not None and epoch == st.epoch and st.epoch < 32767:
         st.epoch += 1
-        st.partitions.clear()
     else:
         if st is not None and epoch != st.epoch:
             return make(mod.InitProducerIdResponse, throttle_time=ZERO_MS,

@@ -12,17 +12,20 @@ compression, only if Produce v2 overlaps our range (rdkafka_feature.c,
 RD_KAFKA_FEATURE_MSGVER1). Clients pick the highest common version, so v0-v2
 never arrive from them; if one does, the connection is closed (no schema).
 
-Idempotent producers (producerId >= 0 in the batch header), as Kafka's
-ProducerStateManager: one batch per partition per request; an epoch older than
-the producer's is INVALID_PRODUCER_EPOCH; a batch whose sequence range equals
-one of the last 5 appended for that producer and partition is a duplicate and
-is acknowledged with its original offsets without storing it again; any other
-sequence that does not follow the last one is OUT_OF_ORDER_SEQUENCE_NUMBER. A
-producer id this process did not issue (issued before a restart) gets its last
-batches on a partition rebuilt from the tail of that partition's log on first
-use (``_restore_from_log``), so a retry of a batch written just before a crash
-is still recognised; with nothing found it starts fresh at whatever sequence it
-sends.
+Sizes, as Kafka: a batch over the topic's ``max.message.bytes`` is
+MESSAGE_TOO_LARGE, a partition's records over ``segment.bytes``
+RECORD_LIST_TOO_LARGE (``_check_sizes``).
+
+Idempotent producers (producerId >= 0 in the batch header): the state is the
+partition's own (``Partition.producer_state``, Kafka's ProducerStateManager:
+snapshots at rolls and close, the batches after the newest one replayed after
+a crash), so it survives rolls and restarts. One batch per partition per
+request; an epoch older than the producer's is INVALID_PRODUCER_EPOCH; a batch
+whose sequence range equals one of the last 5 appended for that producer and
+partition is a duplicate and is acknowledged with its original offsets without
+storing it again; any other sequence that does not follow the last one is
+OUT_OF_ORDER_SEQUENCE_NUMBER. A producer id the partition has never seen and
+this process did not issue may start at any sequence.
 
 ``--fsync always``: the response waits for a group-committed fdatasync that
 started after the appends (the hub's durability gate, ``hub.durable``), and so
@@ -37,7 +40,6 @@ append.
 
 from __future__ import annotations
 
-import collections
 import logging
 import struct
 import time
@@ -46,8 +48,8 @@ from kio.schema.errors import ErrorCode
 
 from umlog import errors as E
 from umlog.broker import INTERNAL_TOPICS
+from umlog.log.producer_state import seq_add
 
-from ..door import PRODUCER_BATCH_CACHE, BatchRecord, ProducerState
 from ..errors import error_code_for
 from ..wire import decode_produce_request, encode_produce_response
 
@@ -63,7 +65,6 @@ _MAGIC_OFFSET = 16
 _LAST_OFFSET_DELTA = struct.Struct(">i")  # at 23
 _PRODUCER = struct.Struct(">qhi")  # producerId, producerEpoch, baseSequence at 43
 _HEADER = 61
-_INT32_MAX = 0x7FFFFFFF
 
 
 def decode_request(buf: memoryview, pos: int, version: int):
@@ -99,11 +100,20 @@ def _batch_headers(records: memoryview):
     return out
 
 
-def _seq_add(seq: int, n: int) -> int:
-    """Sequences wrap from INT32_MAX to 0 (Kafka DefaultRecordBatch.incrementSequence)."""
-    if seq > _INT32_MAX - n:
-        return n - (_INT32_MAX - seq) - 1
-    return seq + n
+def _check_sizes(batches, total: int, config) -> None:
+    """Kafka's size limits (UnifiedLog.append), with its codes: a batch over the
+    topic's max.message.bytes is MESSAGE_TOO_LARGE, a partition's records over
+    segment.bytes RECORD_LIST_TOO_LARGE. Clients act on these codes (librdkafka
+    fails the message at once; CORRUPT_MESSAGE, which the engine raises, reads as
+    a bad batch), so they are refused here, before the engine sees the bytes."""
+    max_message = config["max.message.bytes"]
+    for pos, size, *_ in batches:
+        if max_message and size > max_message:
+            raise _Refused(ErrorCode.message_too_large,
+                           f"batch of {size} bytes at position {pos} exceeds max.message.bytes={max_message}")
+    if total > config["segment.bytes"]:
+        raise _Refused(ErrorCode.record_list_too_large,
+                       f"{total} bytes of records exceed segment.bytes={config['segment.bytes']}")
 
 
 def _append_one(door, topic_name: str, index: int, records: memoryview | None, touched: dict):
@@ -124,48 +134,38 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
         return ErrorCode.invalid_record, -1, -1, -1
     try:
         batches = _batch_headers(records)
+        _check_sizes(batches, len(records), t.config)
     except _Refused as r:
         log.warning("produce to %s-%d refused: %s", topic_name, index, r)
         return r.code, -1, -1, -1
 
     pid = batches[0][3]
-    state: ProducerState | None = None
-    cache = None
-    first_seq = last_seq = -1
     if pid >= 0:
         if len(batches) != 1:
             return ErrorCode.invalid_record, -1, -1, -1
         _, _, lod, pid, epoch, first_seq = batches[0]
-        last_seq = _seq_add(first_seq, lod)
-        state = door.producers.get(pid)
-        if state is None:  # issued before a restart (or by another broker)
-            state = ProducerState(pid, epoch)
-            state.from_log = True
-            door.producers[pid] = state
-        key = (topic_name, index)
-        if state.from_log and key not in state.partitions:
-            _restore_from_log(state, key, p, t.config.log_append_time)
-        known = not state.from_log or key in state.partitions
-        if epoch < state.epoch:
+        last_seq = seq_add(first_seq, lod)
+        issued = door.producers.get(pid)  # None: issued before a restart, or by another broker
+        entry = p.producer_state.entry(pid)
+        if entry is not None and epoch < entry.epoch or issued is not None and epoch < issued.epoch:
             return ErrorCode.invalid_producer_epoch, -1, -1, -1
-        if epoch > state.epoch:
-            state.epoch = epoch
-            state.partitions.clear()
-        cache = state.partitions.get(key)
-        if cache:
-            for rec in cache:
+        if issued is not None and epoch > issued.epoch:
+            issued.epoch = epoch
+        if entry is not None and epoch == entry.epoch and entry.batches:
+            for rec in entry.batches:
                 if rec.first_seq == first_seq and rec.last_seq == last_seq:
                     touched[p] = max(touched.get(p, 0), rec.last_offset + 1)
-                    return ErrorCode.none, rec.base_offset, rec.append_time, p.start_offset
-            expected = _seq_add(cache[-1].last_seq, 1)
+                    return ErrorCode.none, rec.base_offset, rec.timestamp, p.start_offset
+            expected = seq_add(entry.batches[-1].last_seq, 1)
             if first_seq != expected:
                 log.warning("produce to %s-%d: producer %d sequence %d, expected %d",
                             topic_name, index, pid, first_seq, expected)
                 return ErrorCode.out_of_order_sequence_number, -1, -1, -1
-        elif known and first_seq != 0:
+        elif first_seq != 0 and (entry is not None or issued is not None):
+            # A new epoch, or a producer id this server issued, starts at 0. One
+            # this partition has never seen and this process did not issue may
+            # start anywhere (its state is older than the log, or another's).
             return ErrorCode.out_of_order_sequence_number, -1, -1, -1
-        if cache is None:
-            cache = state.partitions[key] = collections.deque(maxlen=PRODUCER_BATCH_CACHE)
 
     try:
         base, last, append_time = p.append_batches(records)
@@ -180,9 +180,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
             else logging.WARNING
         _log_failure(level, topic_name, index, e)
         return code, -1, -1, -1
-    if cache is not None:
-        cache.append(BatchRecord(first_seq, last_seq, base, last, append_time))
-    touched[p] = last + 1
+    touched[p] = last + 1  # the engine recorded the batch in p.producer_state
     return ErrorCode.none, base, append_time, p.start_offset
 
 
@@ -202,31 +200,6 @@ def _log_failure(level: int, topic: str, index: int, e: BaseException) -> None:
     _failure_lines[key] = (now, 0)
     more = f" ({quiet} more since the last such line)" if quiet else ""
     log.log(level, "produce to %s-%d failed: %r%s", topic, index, e, more)
-
-
-def _restore_from_log(state: ProducerState, key, p, log_append_time: bool) -> None:
-    """Rebuild a pre-restart producer's last batches on one partition from the log.
-
-    A producer whose batch was written just before a crash retries it after the
-    restart: found here, the retry is acknowledged with its original offsets
-    instead of being stored twice. No batch found: the producer starts fresh
-    at whatever sequence it sends (nothing to compare with).
-    """
-    infos = p.producer_batches(state.producer_id)
-    if not infos:
-        return
-    newest = max(i.producer_epoch for i in infos)
-    if newest < state.epoch:
-        return
-    state.epoch = newest
-    cache = collections.deque(maxlen=PRODUCER_BATCH_CACHE)
-    for i in infos:
-        if i.producer_epoch == newest:
-            n = i.last_offset - i.base_offset
-            append_time = i.max_timestamp if log_append_time else -1
-            cache.append(BatchRecord(i.base_sequence, _seq_add(i.base_sequence, n), i.base_offset,
-                                     i.last_offset, append_time))
-    state.partitions[key] = cache
 
 
 async def handle_produce(ctx, req):
