@@ -414,3 +414,40 @@ async def test_idempotent_state_is_rebuilt_from_the_log_after_a_restart(door, br
     stranger = encode_batch([b"s"], producer_id=pid + 1000, producer_epoch=0, base_sequence=42)
     ok = await call(restarted, produce_request("t", 0, stranger))
     assert ok.responses[0].partition_responses[0].error_code == ErrorCode.none
+
+
+async def test_a_retry_of_a_batch_from_before_a_roll_and_a_crash_gets_its_original_offsets(tmp_path):
+    # The producer's batches straddle a segment roll, the server dies without a
+    # clean stop, and the producer retries a batch whose answer it lost: the
+    # partition's producer state (snapshot at the roll + replay) finds it.
+    from log.test_recovery import crash
+
+    path = str(tmp_path / "data")
+    b = umlog.open(path)
+    b.create_topic("t", config={"segment.bytes": 2000})
+    door = KafkaDoor(b)
+    r = await call(door, request_class(22, 4)(transactional_id=None, transaction_timeout=ms(60000),
+                                                producer_id=-1, producer_epoch=-1))
+    pid, epoch = r.producer_id, r.producer_epoch
+
+    def batch(seq):
+        return encode_batch([b"v%d" % seq * 40] * 3, producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+    for seq in range(0, 45, 3):
+        await call(door, produce_request("t", 0, batch(seq)))
+    assert len(b.topic("t").partition(0).segments) >= 3
+    b.flush()
+    crash(b)
+    b = umlog.open(path)
+    try:
+        door = KafkaDoor(b)
+        retry = await call(door, produce_request("t", 0, batch(39)))
+        p = retry.responses[0].partition_responses[0]
+        assert (p.error_code, p.base_offset) == (ErrorCode.none, 39)
+        assert b.topic("t").partition(0).end_offset == 45  # stored once
+        nxt = await call(door, produce_request("t", 0, batch(45)))
+        assert nxt.responses[0].partition_responses[0].base_offset == 45
+        gap = await call(door, produce_request("t", 0, batch(51)))
+        assert gap.responses[0].partition_responses[0].error_code == ErrorCode.out_of_order_sequence_number
+    finally:
+        b.close()
