@@ -52,3 +52,20 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interv
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
         time.sleep(interval)
+
+
+async def wait_until_async(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.005):
+    """``wait_until`` for a test running on an event loop: sleeps yield to the loop,
+    so what the test waits for (a door answering, a timer firing) can happen."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + scaled(timeout)
+    value = None
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)

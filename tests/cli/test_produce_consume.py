@@ -3,9 +3,8 @@
 import json
 import subprocess
 import sys
-import time
 
-from helpers import subprocess_env
+from helpers import scaled, subprocess_env
 
 import umlog
 
@@ -80,15 +79,19 @@ def test_consume_as_a_group_resumes_after_its_commits(cli, tmp_path):
 
 def test_consume_follow_sees_records_produced_meanwhile(cli, tmp_path):
     cli("topics", "create", "t")
-    proc = subprocess.Popen([sys.executable, "-m", "umlog", "consume", "t", "--follow", "--timeout", "1.5",
-                             "--format", "json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=subprocess_env())
+    # From the beginning, so that it gets a and b however late it starts; once it
+    # has printed them it is at the end, and c can only reach it by following.
+    # -u: each line comes out as it is printed. --max ends it; the timeout only
+    # bounds a failure.
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "umlog", "consume", "t", "--follow", "--from-beginning",
+                             "--max", "3", "--timeout", str(scaled(60)), "--format", "json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
     try:
-        time.sleep(0.5)  # let it start at the (empty) end
         cli("produce", "t", input="a\nb\n")
+        first = [proc.stdout.readline() for _ in range(2)]
         cli("produce", "t", input="c\n")
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=scaled(60))
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert [json.loads(x)["value"] for x in out.decode().splitlines()] == ["a", "b", "c"]
+    assert [json.loads(x)["value"] for x in [*first, *out.decode().splitlines()]] == ["a", "b", "c"]

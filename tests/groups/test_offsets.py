@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from helpers import subprocess_env
+from helpers import scaled, subprocess_env, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -312,10 +312,12 @@ def test_consume_without_group_or_commit_and_from_end(b):
 
 def test_consume_follow_gets_new_records_and_times_out(b):
     got = []
-    c = b.consume("orders", group="f", follow=True, timeout=0.5)
+    c = b.consume("orders", group="f", follow=True, timeout=scaled(1.0))
 
     def appender():
-        time.sleep(0.2)
+        # Once it has its start positions (the end) it is following: the append
+        # comes after them whenever this thread gets to run.
+        wait_until(lambda: c.position("orders", 1) is not None, 10, "the consumer started")
         b.topic("orders").append(b"late", partition=1)
 
     th = threading.Thread(target=appender)
@@ -325,7 +327,7 @@ def test_consume_follow_gets_new_records_and_times_out(b):
         got.append(r.value)
     th.join()
     assert got == [b"late"]
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < scaled(5)
     assert b.group("f").committed("orders", 1) == 11
 
 

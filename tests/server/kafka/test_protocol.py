@@ -6,6 +6,7 @@ import asyncio
 import struct
 
 import pytest
+from helpers import scaled, wait_until_async
 from kio.schema.errors import ErrorCode
 
 import umlog
@@ -200,10 +201,7 @@ def fetch_request(topic, partition, offset, max_wait_ms=0, min_bytes=1, version=
 async def call(door, body, corr=1):
     proto, tr = connect(door)
     proto.data_received(request_frame(body, corr))
-    for _ in range(200):
-        await asyncio.sleep(0.005)
-        if tr.frames():
-            break
+    await wait_until_async(tr.frames, 10, "the response")
     proto.connection_lost(None)
     return read_response(tr.frames()[0], type(body).__api_key__, type(body).__version__)[1]
 
@@ -251,11 +249,8 @@ async def test_long_poll_is_woken_by_produce(door, broker):
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     await call(door, produce_request("t", 0, encode_batch([b"x"])))
-    for _ in range(100):
-        if ftr.frames():
-            break
-        await asyncio.sleep(0.005)
-    assert loop.time() - t0 < 1.0
+    await wait_until_async(ftr.frames, 10, "the long poll's answer")
+    assert loop.time() - t0 < scaled(1.0)  # woken by the append, not at max_wait (10 s)
     _, resp = read_response(ftr.frames()[0], 1, 12)
     assert resp.responses[0].partitions[0].records
     fetcher.connection_lost(None)
@@ -266,12 +261,11 @@ async def test_long_poll_times_out_and_connection_loss_cleans_waiters(door, brok
     broker.create_topic("t")
     proto, tr = connect(door)
     proto.data_received(request_frame(fetch_request("t", 0, 0, max_wait_ms=50)))
-    await asyncio.sleep(0.3)
-    assert tr.frames() and not door.waiters
+    await wait_until_async(tr.frames, 10, "the answer at max_wait")
+    assert not door.waiters
     proto2, tr2 = connect(door)
     proto2.data_received(request_frame(fetch_request("t", 0, 0, max_wait_ms=10_000)))
-    await asyncio.sleep(0.05)
-    assert door.waiters
+    await wait_until_async(lambda: door.waiters, 10, "the fetch to wait")
     proto2.connection_lost(None)
     await settle()
     assert not door.waiters
