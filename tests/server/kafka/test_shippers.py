@@ -10,9 +10,9 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
+from helpers import scaled, wait_until
 
 import umlog
 
@@ -27,19 +27,13 @@ OMKAFKA = any(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not (RSYSLOGD and OMKAFKA), reason="needs rsyslog and rsyslog-kafka (apt-get install)")
 @pytest.mark.parametrize("codec", ["none", "snappy"])
 def test_rsyslog_ships_lines_into_a_topic(tmp_path, codec):
     server = ServeProcess(str(tmp_path / "data"), "--default-partitions", "2")
     work = tmp_path / "rsyslog"
     work.mkdir()
-    port = free_port()
+    port_file = work / "imtcp.port"
     conf = work / "rsyslog.conf"
     conf.write_text(f"""
 global(workDirectory="{work}")
@@ -50,7 +44,7 @@ ruleset(name="tokafka") {{
   action(type="omkafka" broker=["{server.bootstrap}"] topic="syslog" template="msgonly"
          partitions.auto="on" confParam=["compression.codec={codec}", "queue.buffering.max.ms=10"])
 }}
-input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="tokafka")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{port_file}" ruleset="tokafka")
 """)
     rsyslog = subprocess.Popen(
         [RSYSLOGD, "-n", "-f", str(conf), "-i", str(work / "rsyslogd.pid")],
@@ -58,36 +52,34 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="tokafka")
     )
     n = 2000
     try:
-        deadline = time.monotonic() + 20
-        while True:  # wait for rsyslog's listener
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
-            except OSError:
-                assert rsyslog.poll() is None, rsyslog.stdout.read().decode()
-                assert time.monotonic() < deadline, "rsyslog did not listen"
-                time.sleep(0.05)
-        with sock:
+        # Port 0: the OS picks a free port and rsyslog writes it down once it listens.
+        def listening():
+            assert rsyslog.poll() is None, rsyslog.stdout.read().decode()
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            return int(text) if text.isdigit() else None
+
+        port = wait_until(listening, 20, "rsyslog's listener")
+        with socket.create_connection(("127.0.0.1", port), timeout=scaled(10)) as sock:
             lines = b"".join(
                 b"<13>Nov 26 12:00:00 host app[42]: line %d of the pipeline\n" % i for i in range(n)
             )
             sock.sendall(lines)
         # Read back through a read-only tailer of the server's data dir.
-        deadline = time.monotonic() + 30
         got: list[bytes] = []
-        while time.monotonic() < deadline:
+
+        def shipped():
+            nonlocal got
             with umlog.open(server.data_dir, readonly=True) as r:
                 if "syslog" in r.topics():
-                    t = r.topic("syslog")
-                    got = [rec.value for p in t.partitions for rec in p.read()]
-            if len(got) >= n:
-                break
-            time.sleep(0.2)
+                    got = [rec.value for p in r.topic("syslog").partitions for rec in p.read()]
+            return len(got) >= n
+
+        wait_until(shipped, 60, f"{n} lines in the topic", interval=0.2)
         assert sorted(got) == sorted(b"line %d of the pipeline" % i for i in range(n))
     finally:
         rsyslog.terminate()
         try:
-            rsyslog.wait(10)
+            rsyslog.wait(scaled(10))
         except subprocess.TimeoutExpired:
             rsyslog.kill()
             rsyslog.wait()
