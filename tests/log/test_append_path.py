@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from helpers import scaled, wait_until
 
 import umlog
 from umlog._native.core import OpenBatch, RecordMetadata, partition_for_key
@@ -69,17 +70,15 @@ def test_keyed_and_sticky_routing(data_dir):
 
 
 def test_open_batch_is_sealed_by_linger_and_size(data_dir):
-    with umlog.open(data_dir, linger_ms=20) as b:
+    # A linger a stall between the append and the next line cannot outlast (a
+    # busy machine deschedules this thread for tens of milliseconds).
+    with umlog.open(data_dir, linger_ms=int(scaled(0.5) * 1000)) as b:
         t = b.create_topic("t")
         p = t.partition(0)
         t.append(b"x", partition=0)
         assert p.lock.count == 1 and p.active.size == 0
-        import time
-
-        deadline = time.monotonic() + 5
-        while p.active.size == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert p.active.size > 0 and p.lock.count == 0  # the flusher thread wrote it
+        wait_until(lambda: p.active.size > 0, 10, "the flusher to seal the batch")
+        assert p.lock.count == 0  # the flusher thread wrote it
         for _ in range(2000):
             t.append(b"y" * 100, partition=0)
         assert p.active.size > 65536  # sealed at 64 KiB without waiting

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from helpers import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -340,10 +341,8 @@ def test_background_thread_compacts_dirty_partitions(data_dir):
             p.append_many([b"v%d" % i] * 10, [b"k%d" % j for j in range(10)])
     with umlog.open(data_dir, cleaner_interval_ms=20) as b:
         p = b.topic("t").partition(0)
-        deadline = time.monotonic() + 10
         ckpt = os.path.join(p.directory, cleaner.CHECKPOINT)  # written once a cleaning is complete
-        while not os.path.exists(ckpt) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: os.path.exists(ckpt), 10, "the cleaner's checkpoint")
         recs = list(p.read())
         closed = [r.key for r in recs if r.offset < p.active.base_offset]
         assert len(recs) < 300 and len(closed) == len(set(closed))

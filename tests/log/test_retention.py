@@ -4,6 +4,7 @@ import os
 import time
 
 import pytest
+from helpers import wait_until
 
 import umlog
 from umlog.errors import OffsetOutOfRangeError
@@ -136,10 +137,7 @@ def test_background_thread_applies_retention(data_dir):
     with umlog.open(data_dir, cleaner_interval_ms=20) as b:
         t = b.create_topic("t", config={"segment.bytes": 4096, "retention.bytes": 8192})
         p = fill(t, 40)
-        deadline = time.monotonic() + 10
-        while len(p.segments) > 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert len(p.segments) <= 3
+        wait_until(lambda: len(p.segments) <= 3, 10, "retention in the background")
         assert [r.offset for r in p.read()] == list(range(p.start_offset, p.end_offset))
 
 
