@@ -7,6 +7,7 @@ import io
 import socket
 import struct
 
+from helpers import scaled
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
@@ -55,7 +56,7 @@ class Conn:
     """A blocking test client: send frames, read whole response frames."""
 
     def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=scaled(timeout))
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -80,7 +81,7 @@ class Conn:
         return resp
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(scaled(timeout))
         try:
             return self.sock.recv(1) == b""
         except ConnectionResetError:

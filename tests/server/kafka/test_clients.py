@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import pytest
+from helpers import scaled
 
 from umlog._native.core import encode_batch
 
@@ -108,13 +109,13 @@ def test_confluent_admin_and_idempotent_producer_and_assign_consumer(server):
     for i in range(3000):
         p.produce("ck", key=b"k%d" % (i % 11), value=b"v%d" % i, partition=i % 3, timestamp=1_000_000 + i,
                   on_delivery=lambda err, msg: err and errors.append(err))
-    assert p.flush(30) == 0 and not errors
+    assert p.flush(scaled(30)) == 0 and not errors
 
     tps = [ck.TopicPartition("ck", i, 0) for i in range(3)]
     c = ck.Consumer({"bootstrap.servers": server.bootstrap, "group.id": "unused", "enable.auto.commit": False})
     c.assign(tps)
     seen = {}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while len(seen) < 3000 and time.monotonic() < deadline:
         m = c.poll(0.5)
         if m is None or m.error():
@@ -140,14 +141,20 @@ def test_kafka_python_default_idempotent_producer_and_consumer(server):
     kafka = pytest.importorskip("kafka")
     p = kafka.KafkaProducer(bootstrap_servers=server.bootstrap, acks="all")
     futs = [p.send("kp", key=b"k", value=b"v%d" % i, headers=[("h", b"x")]) for i in range(500)]
-    p.flush(20)
-    assert [f.get(10).offset for f in futs] == list(range(500))
+    p.flush(scaled(20))
+    assert [f.get(scaled(10)).offset for f in futs] == list(range(500))
     p.close()
-    c = kafka.KafkaConsumer(bootstrap_servers=server.bootstrap, consumer_timeout_ms=3000,
+    # Until all 500 came; the idle timeout only ends a failure (3 s of nothing is
+    # not the end on a busy machine).
+    c = kafka.KafkaConsumer(bootstrap_servers=server.bootstrap, consumer_timeout_ms=int(scaled(30) * 1000),
                             enable_auto_commit=False, group_id=None)
     c.assign([kafka.TopicPartition("kp", 0)])
     c.seek_to_beginning()
-    msgs = list(c)
+    msgs = []
+    for m in c:
+        msgs.append(m)
+        if len(msgs) == 500:
+            break
     c.close()
     assert [m.value for m in msgs] == [b"v%d" % i for i in range(500)]
     assert msgs[0].headers == [("h", b"x")]
@@ -172,7 +179,7 @@ def test_aiokafka_produce_and_consume(server):
             c.assign([aiokafka.TopicPartition("ak", 0)])
             await c.seek_to_beginning()
             got = []
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + scaled(20)
             while len(got) < 300 and time.monotonic() < deadline:
                 for msgs in (await c.getmany(timeout_ms=500)).values():
                     got.extend(m.value for m in msgs)
@@ -216,7 +223,8 @@ def test_waiting_consumer_gets_a_record_within_milliseconds(server):
             lat.append(time.monotonic() - t0)
             prod.close()
             assert struct.unpack_from(">i", frame)[0] == 10 + i
-        assert sorted(lat)[len(lat) // 2] < 0.05, lat  # median well under max_wait (10 s)
+        # The median: one round trip descheduled on a busy machine is not the rule.
+        assert sorted(lat)[len(lat) // 2] < scaled(0.1), lat  # far under max_wait (10 s)
     finally:
         conn.close()
 
