@@ -18,6 +18,7 @@ import asyncio  # noqa: E402
 import inspect  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import scaled  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -27,5 +28,5 @@ def pytest_pyfunc_call(pyfuncitem):
     if not inspect.iscoroutinefunction(fn):
         return None
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    asyncio.run(asyncio.wait_for(fn(**args), 60))
+    asyncio.run(asyncio.wait_for(fn(**args), scaled(90)))
     return True

@@ -10,6 +10,7 @@ import asyncio
 import inspect
 
 import pytest
+from helpers import scaled
 
 try:
     import uvloop
@@ -34,7 +35,7 @@ def pytest_pyfunc_call(pyfuncitem):
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     coro = fn(**args)
     if kind == "uvloop":
-        uvloop.run(asyncio.wait_for(coro, 60))
+        uvloop.run(asyncio.wait_for(coro, scaled(90)))
     else:
-        asyncio.run(asyncio.wait_for(coro, 60))
+        asyncio.run(asyncio.wait_for(coro, scaled(90)))
     return True

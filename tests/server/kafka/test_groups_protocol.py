@@ -8,9 +8,11 @@ import asyncio
 import dataclasses
 
 import pytest
+from helpers import scaled, wait_until_async
 from kio.schema.errors import ErrorCode
 
 import umlog
+from umlog.groups.coordinator import GroupState
 from umlog.server.kafka import KafkaDoor
 from umlog.server.kafka.dispatch import APIS, dispatch
 
@@ -106,12 +108,13 @@ async def test_second_member_waits_for_the_round(door):
     sync = build(SYNC, 1, group_id="g", generation_id=1, member_id=a.member_id, assignments=())
     await call(door, sync)
     b_task = asyncio.ensure_future(call(door, join_req(1)))
-    await asyncio.sleep(0.05)
+    await wait_until_async(lambda: door.coordinator.groups["g"].state is GroupState.PREPARING_REBALANCE, 10,
+                           "b's join to start a round")
     assert not b_task.done()  # held until a rejoins
     h = await call(door, build(HEARTBEAT, 1, group_id="g", generation_id=1, member_id=a.member_id))
     assert h.error_code == ErrorCode.rebalance_in_progress
     a2 = await call(door, join_req(1, a.member_id))
-    b = await asyncio.wait_for(b_task, 5)
+    b = await asyncio.wait_for(b_task, scaled(5))
     assert a2.generation_id == b.generation_id == 2
     assert len(a2.members) == 2 and b.members == ()
 
@@ -219,9 +222,10 @@ async def test_shutdown_answers_a_held_join(door):
     a = await call(door, join_req(1))
     await call(door, build(SYNC, 1, group_id="g", generation_id=1, member_id=a.member_id, assignments=()))
     held = asyncio.ensure_future(call(door, join_req(1)))
-    await asyncio.sleep(0.05)
+    await wait_until_async(lambda: door.coordinator.groups["g"].state is GroupState.PREPARING_REBALANCE, 10,
+                           "the join to be held")
     door.wake_all()  # what the server does on SIGTERM
-    r = await asyncio.wait_for(held, 5)
+    r = await asyncio.wait_for(held, scaled(5))
     assert r.error_code == ErrorCode.not_coordinator
 
 
