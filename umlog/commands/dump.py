@@ -69,7 +69,7 @@ def dump(path: str, records: bool, as_json: bool) -> None:
     """
     if path.endswith((".index", ".timeindex")):
         return _dump_index(path, as_json)
-    from umlog._native.core import batch_info, crc32c, decode_records
+    from umlog._native.core import BATCH_HEADER_SIZE, batch_info, crc32c, decode_records
     from umlog.errors import UmlogError
 
     out = sys.stdout
@@ -83,7 +83,7 @@ def dump(path: str, records: bool, as_json: bool) -> None:
             out.write(f"Dumping {path}\nLog starting offset: {_base_from_name(path)}\n")
         pos = 0
         while pos < size:
-            if size - pos < 61:
+            if size - pos < BATCH_HEADER_SIZE:
                 problems.append(f"{size - pos} trailing bytes at position {pos}: a cut-off batch header")
                 break
             length = int.from_bytes(os.pread(fd, 4, pos + 8), "big", signed=True)

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .._native.core import (
+    BATCH_HEADER_SIZE,
     LOG_OVERHEAD,
     OpenBatch,
     batch_info,
@@ -257,7 +258,7 @@ class Partition:
         for seg in self.segments:
             if seg.size:
                 try:
-                    return batch_info(seg.read(0, 61), 0).base_offset
+                    return seg.batch_info_at(0).base_offset
                 except DecodeError:
                     return seg.base_offset
         return self._open.next_offset
@@ -386,33 +387,51 @@ class Partition:
             self.sync_through(end)
         return range(first, end)
 
-    def append_batches(self, buf) -> tuple[int, int, int]:
-        """Store producer-encoded batches; returns (base offset, last offset, log append time or -1).
+    @staticmethod
+    def validate_batches(buf) -> tuple[memoryview, list]:
+        """The one pass over producer-encoded batches: each is validated natively
+        (length, magic, CRC, records) and described (offsets, producer id, epoch
+        and sequence, timestamps). Returns (a writable byte view of ``buf``, one
+        BatchInfo per batch) for ``append_batches``; raises CorruptBatchError
+        (with ``.position``) at the first bad batch.
 
-        Every batch is validated first (length, magic, CRC, records); one bad
-        batch refuses the whole buffer and stores nothing. Offsets are
-        assigned in place; bytes are otherwise stored exactly as received.
+        Offsets are assigned in place: a writable buffer (the door hands us
+        views of its receive buffer) is used as is, a read-only one copied.
         """
-        self._check_writable()
-        # Offsets are assigned in place: a writable buffer (the door hands us
-        # views of its receive buffer) is used as is, a read-only one copied.
         data = memoryview(buf).cast("B")
         if data.readonly:
             data = memoryview(bytearray(data))
         total = len(data)
         infos = []
         pos = 0
-        max_bytes = self.config["max.message.bytes"]
         while pos < total:
             info = validate_batch(data, pos, total, True)
-            if info.size > max_bytes + LOG_OVERHEAD and max_bytes:
-                raise CorruptBatchError(
-                    f"batch of {info.size} bytes at position {pos} exceeds max.message.bytes={max_bytes}", pos
-                )
             infos.append(info)
             pos += info.size
         if not infos:
             raise CorruptBatchError("no record batch in the request", 0)
+        return data, infos
+
+    def append_batches(self, buf, infos: list | None = None) -> tuple[int, int, int]:
+        """Store producer-encoded batches; returns (base offset, last offset, log append time or -1).
+
+        Every batch is validated first (``validate_batches``; pass its view and
+        infos to skip a second pass) and checked against max.message.bytes; one
+        bad batch refuses the whole buffer and stores nothing. Offsets are
+        assigned in place; bytes are otherwise stored exactly as received.
+        """
+        self._check_writable()
+        if infos is None:
+            data, infos = self.validate_batches(buf)
+        else:
+            data = buf
+        total = len(data)
+        max_bytes = self.config["max.message.bytes"]
+        if max_bytes:
+            for info in infos:
+                if info.size > max_bytes + LOG_OVERHEAD:
+                    raise CorruptBatchError(f"batch of {info.size} bytes at position {info.position} exceeds "
+                                            f"max.message.bytes={max_bytes}", info.position)
         if cleaner.is_compacted(self.config):
             cleaner.check_keys(self.topic, self.index, batches=data)
         lat_ts = -1
@@ -519,7 +538,7 @@ class Partition:
 
     def _replay_batch_headers(self, from_offset: int):
         """(BatchInfos, log_append_time) of the stored batches from the one holding
-        ``from_offset``: one 61-byte read per batch, no records decoded."""
+        ``from_offset``: one header read per batch, no records decoded."""
         lat = self._log_append_time
         for seg in list(self.segments):
             if seg.next_offset <= from_offset or seg.size == 0:
@@ -528,8 +547,8 @@ class Partition:
             pos = found[0] if found else seg.size
             infos = []
             while pos < seg.size:
-                head = seg.read(pos, 61)
-                if len(head) < 61:
+                head = seg.read(pos, BATCH_HEADER_SIZE)
+                if len(head) < BATCH_HEADER_SIZE:
                     break
                 info = batch_info(head, 0)
                 infos.append(info)
@@ -721,7 +740,7 @@ class Partition:
             chunk = seg.read(pos, READ_CHUNK)
             records, used = decode_records(chunk, 0, len(chunk), offset, remaining, topic, index)
             if used == 0 and not records:
-                info = batch_info(chunk, 0) if len(chunk) >= 61 else batch_info(seg.read(pos, 61), 0)
+                info = batch_info(chunk, 0) if len(chunk) >= BATCH_HEADER_SIZE else seg.batch_info_at(pos)
                 if info.size <= len(chunk):
                     return  # cannot happen for a valid log: nothing decodable
                 chunk = seg.read(pos, info.size)
@@ -762,7 +781,7 @@ class Partition:
             if found is None:
                 continue
             position, _ = found
-            info = batch_info(seg.read(position, 61), 0)
+            info = seg.batch_info_at(position)
             records, _ = decode_records(seg.read(position, info.size), 0, info.size, self.start_offset, -1)
             for r in records:
                 if r.timestamp >= timestamp:

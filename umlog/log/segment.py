@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from .._native.core import LOG_OVERHEAD, batch_info, scan_batches
+from .._native.core import BATCH_HEADER_SIZE, LOG_OVERHEAD, batch_info, scan_batches
 from ..errors import CorruptBatchError, CorruptIndexError, DecodeError
 from .files import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, segment_name, write_all
 from .index import OffsetIndex, TimeIndex
@@ -167,14 +167,14 @@ class LogSegment:
         # entry names, or at position 0 the segment's base offset (only closed
         # segments are compacted, and only those may start later).
         if pos:
-            info = batch_info(os.pread(self.fd, 61, pos), 0)
+            info = self.batch_info_at(pos)
             if info.last_offset != entry_offset:
                 raise CorruptIndexError(
                     f"{oi.path}: entry ({entry_offset}, {pos}) names a batch ending at {info.last_offset}"
                 )
             expect = info.base_offset
-        elif self.size >= 61:
-            expect = batch_info(os.pread(self.fd, 61, 0), 0).base_offset
+        elif self.size >= BATCH_HEADER_SIZE:
+            expect = self.batch_info_at(0).base_offset
             if expect < self.base_offset or (self.active and expect != self.base_offset):
                 expect = self.base_offset  # a garbled first baseOffset: the scan stops at once
         else:
@@ -199,7 +199,7 @@ class LogSegment:
                 continue
             # Stopped early: either the next batch runs past this chunk (read
             # on), or the bytes are damaged (truncate there).
-            size = self._batch_size_at(pos, end)
+            size = self.batch_size_at(pos, end)
             if size is not None and pos - chunk_pos + size > len(chunk):
                 if res.valid_end:
                     continue  # the next chunk starts with that batch
@@ -224,13 +224,14 @@ class LogSegment:
                 self.max_timestamp, self.offset_of_max_timestamp = last if last else (-1, self.base_offset - 1)
         if self.size and self.first_append_ms is None:
             try:
-                self.first_append_ms = batch_info(os.pread(self.fd, 61, 0), 0).max_timestamp
+                self.first_append_ms = self.batch_info_at(0).max_timestamp
             except DecodeError:
                 self.first_append_ms = None
         return truncated
 
-    def _batch_size_at(self, pos: int, end: int) -> int | None:
-        """Total size of the batch at pos if its length is sane and it ends by ``end``."""
+    def batch_size_at(self, pos: int, end: int) -> int | None:
+        """Total size of the batch at pos if its length is sane and it ends by ``end``
+        (None: cut off, or not a batch), from its batchLength field alone."""
         if pos + LOG_OVERHEAD > end:
             return None
         length = int.from_bytes(os.pread(self.fd, 4, pos + 8), "big", signed=True)
@@ -355,7 +356,7 @@ class LogSegment:
             return 0
         position, base = pos
         if base < offset:  # the batch straddles: keep it whole
-            info = batch_info(os.pread(self.fd, 61, position), 0)
+            info = self.batch_info_at(position)
             position += info.size
         removed = self.size - position
         self.truncate_to_position(position)
@@ -364,6 +365,11 @@ class LogSegment:
         return removed
 
     # -- reading -------------------------------------------------------------------
+
+    def batch_info_at(self, position: int):
+        """The header of the batch at ``position`` (one read of the header's bytes;
+        DecodeError if fewer are written)."""
+        return batch_info(os.pread(self.fd, BATCH_HEADER_SIZE, position), 0)
 
     def read(self, position: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``position`` (never past the written end)."""
@@ -416,7 +422,7 @@ class LogSegment:
         res = scan_batches(data, 0, len(data), -1, False)
         if res.count:
             return memoryview(data)[: res.valid_end]
-        info = batch_info(data, 0) if len(data) >= 61 else batch_info(self.read(position, 61), 0)
+        info = batch_info(data, 0) if len(data) >= BATCH_HEADER_SIZE else self.batch_info_at(position)
         return memoryview(self.read(position, info.size))
 
     def timestamp_lookup(self, timestamp: int) -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from .._native.core import batch_info, decode_columns
+from .._native.core import BATCH_HEADER_SIZE, batch_info, decode_columns
 from ..errors import OffsetOutOfRangeError
 
 __all__ = ["SCHEMA", "read_table", "iter_record_batches", "export_parquet", "TABLE_CHUNK"]
@@ -101,8 +101,9 @@ class _SegmentBytes:
         used += base
         if used == pos and n == 0:
             # One batch larger than a chunk, or a batch the writer has not finished.
-            head = buf[pos - base:pos - base + 61] if self.map is not None else self.seg.read(pos, 61)
-            if len(head) < 61:
+            head = (buf[pos - base:pos - base + BATCH_HEADER_SIZE] if self.map is not None
+                    else self.seg.read(pos, BATCH_HEADER_SIZE))
+            if len(head) < BATCH_HEADER_SIZE:
                 return pos, 0, None
             size = batch_info(head, 0).size
             if pos + size > self.end:

@@ -319,11 +319,11 @@ def _scan_tail(seg: LogSegment) -> None:
         pos += res.valid_end
         if res.error is None or res.valid_end:
             continue  # whole chunk, or the next chunk starts with the batch it cut
-        if not _batch_fits(seg, pos, size):
+        whole_size = seg.batch_size_at(pos, size)
+        if whole_size is None:
             break  # the writer is mid-way through this batch
         # One batch larger than a chunk.
-        length = int.from_bytes(os.pread(seg.fd, 4, pos + 8), "big", signed=True)
-        whole = os.pread(seg.fd, 12 + length, pos)
+        whole = os.pread(seg.fd, whole_size, pos)
         res = scan_batches(whole, 0, len(whole), -1, False)
         if not res.count:
             break
@@ -334,8 +334,3 @@ def _scan_tail(seg: LogSegment) -> None:
     seg.next_offset = max(nxt, seg.base_offset)
 
 
-def _batch_fits(seg: LogSegment, pos: int, size: int) -> bool:
-    if pos + 12 > size:
-        return False
-    length = int.from_bytes(os.pread(seg.fd, 4, pos + 8), "big", signed=True)
-    return length >= 49 and pos + 12 + length <= size

@@ -41,7 +41,6 @@ append.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 
 from kio.schema.errors import ErrorCode
@@ -59,12 +58,7 @@ ADVERTISED_VERSIONS = (0, 11)
 
 log = logging.getLogger("umlog.server.kafka")
 
-# RecordBatch v2 header fields we read here (layout drawn in umlog/_native/core.pyi).
-_LENGTH = struct.Struct(">i")  # batchLength at 8
-_MAGIC_OFFSET = 16
-_LAST_OFFSET_DELTA = struct.Struct(">i")  # at 23
-_PRODUCER = struct.Struct(">qhi")  # producerId, producerEpoch, baseSequence at 43
-_HEADER = 61
+_MAGIC_OFFSET = 16  # in a RecordBatch header (layout drawn in umlog/_native/core.pyi)
 
 
 def decode_request(buf: memoryview, pos: int, version: int):
@@ -77,40 +71,17 @@ class _Refused(Exception):
         self.code = code
 
 
-def _batch_headers(records: memoryview):
-    """[(pos, size, last_offset_delta, producer_id, epoch, base_sequence)] of every batch."""
-    out = []
-    pos = 0
-    n = len(records)
-    while pos < n:
-        if n - pos < _HEADER:
-            raise _Refused(ErrorCode.corrupt_message, f"truncated batch header at position {pos}")
-        (length,) = _LENGTH.unpack_from(records, pos + 8)
-        size = 12 + length
-        if length < _HEADER - 12 or pos + size > n:
-            raise _Refused(ErrorCode.corrupt_message, f"bad batch length {length} at position {pos}")
-        magic = records[pos + _MAGIC_OFFSET]
-        if magic != 2:
-            raise _Refused(ErrorCode.unsupported_for_message_format,
-                           f"magic {magic} at position {pos} (only RecordBatch v2)")
-        (lod,) = _LAST_OFFSET_DELTA.unpack_from(records, pos + 23)
-        pid, epoch, seq = _PRODUCER.unpack_from(records, pos + 43)
-        out.append((pos, size, lod, pid, epoch, seq))
-        pos += size
-    return out
-
-
-def _check_sizes(batches, total: int, config) -> None:
+def _check_sizes(infos, total: int, config) -> None:
     """Kafka's size limits (UnifiedLog.append), with its codes: a batch over the
     topic's max.message.bytes is MESSAGE_TOO_LARGE, a partition's records over
     segment.bytes RECORD_LIST_TOO_LARGE. Clients act on these codes (librdkafka
     fails the message at once; CORRUPT_MESSAGE, which the engine raises, reads as
     a bad batch), so they are refused here, before the engine sees the bytes."""
     max_message = config["max.message.bytes"]
-    for pos, size, *_ in batches:
-        if max_message and size > max_message:
-            raise _Refused(ErrorCode.message_too_large,
-                           f"batch of {size} bytes at position {pos} exceeds max.message.bytes={max_message}")
+    for i in infos:
+        if max_message and i.size > max_message:
+            raise _Refused(ErrorCode.message_too_large, f"batch of {i.size} bytes at position {i.position} "
+                           f"exceeds max.message.bytes={max_message}")
     if total > config["segment.bytes"]:
         raise _Refused(ErrorCode.record_list_too_large,
                        f"{total} bytes of records exceed segment.bytes={config['segment.bytes']}")
@@ -133,18 +104,24 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
     if records is None or len(records) == 0:
         return ErrorCode.invalid_record, -1, -1, -1
     try:
-        batches = _batch_headers(records)
-        _check_sizes(batches, len(records), t.config)
+        data, infos = p.validate_batches(records)
+        _check_sizes(infos, len(data), t.config)
+    except E.CorruptBatchError as e:
+        pos = getattr(e, "position", 0) or 0
+        old = len(records) > pos + _MAGIC_OFFSET and records[pos + _MAGIC_OFFSET] != 2
+        log.warning("produce to %s-%d refused: %s", topic_name, index, e)
+        return (ErrorCode.unsupported_for_message_format if old else ErrorCode.corrupt_message), -1, -1, -1
     except _Refused as r:
         log.warning("produce to %s-%d refused: %s", topic_name, index, r)
         return r.code, -1, -1, -1
 
-    pid = batches[0][3]
+    head = infos[0]
+    pid = head.producer_id
     if pid >= 0:
-        if len(batches) != 1:
+        if len(infos) != 1:
             return ErrorCode.invalid_record, -1, -1, -1
-        _, _, lod, pid, epoch, first_seq = batches[0]
-        last_seq = seq_add(first_seq, lod)
+        epoch, first_seq = head.producer_epoch, head.base_sequence
+        last_seq = seq_add(first_seq, head.last_offset - head.base_offset)
         issued = door.producers.get(pid)  # None: issued before a restart, or by another broker
         entry = p.producer_state.entry(pid)
         if entry is not None and epoch < entry.epoch or issued is not None and epoch < issued.epoch:
@@ -168,7 +145,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
             return ErrorCode.out_of_order_sequence_number, -1, -1, -1
 
     try:
-        base, last, append_time = p.append_batches(records)
+        base, last, append_time = p.append_batches(data, infos)
     except E.CorruptBatchError as e:
         log.warning("produce to %s-%d refused: %s", topic_name, index, e)
         return ErrorCode.corrupt_message, -1, -1, -1
