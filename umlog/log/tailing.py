@@ -332,5 +332,3 @@ def _scan_tail(seg: LogSegment) -> None:
         pos += res.valid_end
     seg.size = pos
     seg.next_offset = max(nxt, seg.base_offset)
-
-
