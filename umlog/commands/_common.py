@@ -13,7 +13,7 @@ import click
 __all__ = [
     "CliError",
     "Command",
-    "Group",
+    "CliGroup",
     "data_dir_option",
     "json_option",
     "open_data_dir",
@@ -62,7 +62,7 @@ class Command(_OneLineUsage, click.Command):
     """A subcommand whose usage errors are one line on stderr (exit 2)."""
 
 
-class Group(_OneLineUsage, click.Group):
+class CliGroup(_OneLineUsage, click.Group):
     """A group of subcommands, the same; its subcommands are ``Command``s."""
 
     command_class = Command

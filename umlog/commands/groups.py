@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ._common import Group, data_dir_option, emit_json, fail, json_option, open_data_dir
+from ._common import CliGroup, data_dir_option, emit_json, fail, json_option, open_data_dir
 
 __all__ = ["groups"]
 
@@ -29,7 +29,7 @@ def _bootstrap_option(f):
                         help="Ask this Kafka-protocol server instead of reading --data-dir.")(f)
 
 
-@click.group(cls=Group)
+@click.group(cls=CliGroup)
 def groups() -> None:
     """List and describe consumer groups (committed offsets, lag, members)."""
 

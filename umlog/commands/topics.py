@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import (
-    Group,
+    CliGroup,
     data_dir_option,
     emit_json,
     fail,
@@ -41,7 +41,7 @@ def _partition_info(p, segments: bool) -> dict:
     return info
 
 
-@click.group(cls=Group)
+@click.group(cls=CliGroup)
 def topics() -> None:
     """List, create, describe, delete topics and change their configs."""
 

@@ -306,8 +306,9 @@ class Member:
         return self.join_waiter is not None or self.sync_waiter is not None
 
 
-class Group:
-    """One group's state (the coordinator's, not ``umlog.groups.Group``)."""
+class ClassicGroup:
+    """One classic-protocol group's state in the coordinator (``umlog.groups.Group`` is
+    the embedded API's committed offsets)."""
 
     def __init__(self, group_id: str, now: float) -> None:
         self.group_id = group_id
@@ -374,17 +375,17 @@ class Coordinator:
         self.initial_delay_s = max(0, initial_rebalance_delay_ms) / 1000.0
         self.min_session_timeout_ms = min_session_timeout_ms
         self.max_session_timeout_ms = max_session_timeout_ms
-        self.groups: dict[str, Group] = {}
+        self.groups: dict[str, ClassicGroup] = {}
         self.closed = False
         # Observers for tests and metrics: called as fn(group, old_state, event, new_state).
-        self.on_transition: list[Callable[[Group, GroupState, Event, GroupState], None]] = []
+        self.on_transition: list[Callable[[ClassicGroup, GroupState, Event, GroupState], None]] = []
 
     # --- helpers -------------------------------------------------------------------------
 
     def _now(self) -> float:
         return self.scheduler.time()
 
-    def _transition(self, g: Group, event: Event) -> None:
+    def _transition(self, g: ClassicGroup, event: Event) -> None:
         new = TRANSITIONS.get((g.state, event))
         assert new is not None, f"group {g.group_id!r}: no transition from {g.state.value} on {event.name}"
         old, g.state = g.state, new
@@ -397,10 +398,10 @@ class Coordinator:
     def _new_member_id(prefix: str) -> str:
         return f"{prefix or 'member'}-{uuid.uuid4()}"
 
-    def _group(self, group_id: str) -> Group | None:
+    def _group(self, group_id: str) -> ClassicGroup | None:
         return self.groups.get(group_id)
 
-    def _current_join_result(self, g: Group, m: Member, skip_assignment: bool = False,
+    def _current_join_result(self, g: ClassicGroup, m: Member, skip_assignment: bool = False,
                              leader: str | None = None) -> JoinResult:
         """The answer for the current generation; ``leader`` overrides the leader id it names."""
         leader = leader if leader is not None else (g.leader or "")
@@ -412,7 +413,7 @@ class Coordinator:
         return JoinResult(Err.NONE, m.member_id, g.generation, g.protocol_type, g.protocol_name,
                           leader, members, skip_assignment and is_leader)
 
-    def _fenced(self, g: Group, member_id: str, instance_id: str | None) -> bool:
+    def _fenced(self, g: ClassicGroup, member_id: str, instance_id: str | None) -> bool:
         """A static member whose instance id now maps to another member id."""
         if not instance_id:
             return False
@@ -437,7 +438,7 @@ class Coordinator:
             if req.member_id:
                 _call(respond, JoinResult(Err.UNKNOWN_MEMBER_ID, req.member_id))
                 return
-            g = self.groups[req.group_id] = Group(req.group_id, self._now())
+            g = self.groups[req.group_id] = ClassicGroup(req.group_id, self._now())
         if not self._supports(g, req):
             _call(respond, JoinResult(Err.INCONSISTENT_GROUP_PROTOCOL, req.member_id))
             return
@@ -451,7 +452,7 @@ class Coordinator:
         self._reschedule(g)
 
     @staticmethod
-    def _supports(g: Group, req: JoinRequest) -> bool:
+    def _supports(g: ClassicGroup, req: JoinRequest) -> bool:
         if not req.protocol_type or not req.protocols:
             return False
         if not g.members:
@@ -465,7 +466,7 @@ class Coordinator:
             common &= set(m.protocols)
         return req.protocol_type == g.protocol_type and bool(common)
 
-    def _join_new(self, g: Group, req: JoinRequest, respond) -> None:
+    def _join_new(self, g: ClassicGroup, req: JoinRequest, respond) -> None:
         now = self._now()
         if req.instance_id and req.instance_id in g.static:
             self._replace_static(g, req, respond)
@@ -480,7 +481,7 @@ class Coordinator:
         mid = self._new_member_id(req.instance_id or req.client_id)
         self._add_member(g, mid, req, respond)
 
-    def _join_known(self, g: Group, req: JoinRequest, respond) -> None:
+    def _join_known(self, g: ClassicGroup, req: JoinRequest, respond) -> None:
         mid = req.member_id
         if mid in g.pending:
             del g.pending[mid]
@@ -515,7 +516,7 @@ class Coordinator:
         else:  # Empty or Dead: it is not a member any more
             _call(respond, JoinResult(Err.UNKNOWN_MEMBER_ID, mid))
 
-    def _add_member(self, g: Group, mid: str, req: JoinRequest, respond) -> None:
+    def _add_member(self, g: ClassicGroup, mid: str, req: JoinRequest, respond) -> None:
         m = Member(mid, req, self._now())
         m.join_waiter = respond
         if not g.members:
@@ -528,7 +529,7 @@ class Coordinator:
         g.new_member_added = True
         self._prepare_or_check(g)
 
-    def _update_member(self, g: Group, m: Member, req: JoinRequest, respond) -> None:
+    def _update_member(self, g: ClassicGroup, m: Member, req: JoinRequest, respond) -> None:
         m.update(req)
         if m.join_waiter is not None and m.join_waiter is not respond:
             # A second JoinGroup while the first is held (a client retry): the
@@ -537,7 +538,7 @@ class Coordinator:
         m.join_waiter = respond
         self._prepare_or_check(g)
 
-    def _replace_static(self, g: Group, req: JoinRequest, respond) -> None:
+    def _replace_static(self, g: ClassicGroup, req: JoinRequest, respond) -> None:
         """A static member comes back without its member id: it replaces its old self."""
         old_id = g.static[req.instance_id]
         m = g.members[old_id]
@@ -576,12 +577,12 @@ class Coordinator:
         m.join_waiter = respond
         self._prepare_or_check(g)
 
-    def _prepare_or_check(self, g: Group) -> None:
+    def _prepare_or_check(self, g: ClassicGroup) -> None:
         if g.state in (S.EMPTY, S.STABLE, S.COMPLETING_REBALANCE):
             self._prepare_rebalance(g, E.JOIN)
         self._try_complete_join(g)
 
-    def _prepare_rebalance(self, g: Group, event: Event) -> None:
+    def _prepare_rebalance(self, g: ClassicGroup, event: Event) -> None:
         now = self._now()
         if g.state is S.COMPLETING_REBALANCE:
             # The assignment being synced is obsolete: those waiting must rejoin.
@@ -602,11 +603,11 @@ class Coordinator:
         g.new_member_added = False
         self._transition(g, event if g.state is not S.EMPTY else E.JOIN)
 
-    def _try_complete_join(self, g: Group) -> None:
+    def _try_complete_join(self, g: ClassicGroup) -> None:
         if g.state is S.PREPARING_REBALANCE and not g.initial_phase and g.all_joined():
             self._complete_join(g)
 
-    def _complete_join(self, g: Group) -> None:
+    def _complete_join(self, g: ClassicGroup) -> None:
         now = self._now()
         # Dynamic members that did not rejoin in time are gone; static ones stay
         # (until their session expires) unless nobody rejoined at all.
@@ -637,7 +638,7 @@ class Coordinator:
                 _call(w, self._current_join_result(g, m))
 
     @staticmethod
-    def _select_protocol(g: Group) -> str:
+    def _select_protocol(g: ClassicGroup) -> str:
         candidates = g.candidates()
         leader = g.members.get(g.leader or "")
         order = list((leader or next(iter(g.members.values()))).protocols)
@@ -767,7 +768,7 @@ class Coordinator:
             self._reschedule(g)
         return Err.NONE, errors
 
-    def _remove(self, g: Group, m: Member) -> None:
+    def _remove(self, g: ClassicGroup, m: Member) -> None:
         """Take a member out (the caller decides whether a rebalance follows)."""
         g.members.pop(m.member_id, None)
         if m.instance_id and g.static.get(m.instance_id) == m.member_id:
@@ -779,7 +780,7 @@ class Coordinator:
         if g.leader == m.member_id:
             g.leader = next(iter(g.members), None)
 
-    def _members_removed(self, g: Group) -> None:
+    def _members_removed(self, g: ClassicGroup) -> None:
         if g.state in (S.STABLE, S.COMPLETING_REBALANCE):
             self._prepare_rebalance(g, E.LEAVE)
         if g.state is S.PREPARING_REBALANCE:
@@ -790,7 +791,7 @@ class Coordinator:
 
     # --- timers ------------------------------------------------------------------------------
 
-    def _next_deadline(self, g: Group) -> float | None:
+    def _next_deadline(self, g: ClassicGroup) -> float | None:
         ds = [m.last_heartbeat + m.session_timeout_s for m in g.members.values() if not m.waiting]
         ds.extend(g.pending.values())
         if g.state is S.PREPARING_REBALANCE and g.join_deadline is not None:
@@ -801,7 +802,7 @@ class Coordinator:
             ds.append(g.empty_since + EMPTY_GROUP_RETENTION_S)
         return min(ds) if ds else None
 
-    def _reschedule(self, g: Group) -> None:
+    def _reschedule(self, g: ClassicGroup) -> None:
         if self.closed or self.groups.get(g.group_id) is not g:
             return
         when = self._next_deadline(g)
@@ -814,7 +815,7 @@ class Coordinator:
             g.timer_when = when
             g.timer = self.scheduler.call_at(when, lambda: self._on_timer(g))
 
-    def _on_timer(self, g: Group) -> None:
+    def _on_timer(self, g: ClassicGroup) -> None:
         g.timer = g.timer_when = None
         if self.closed or self.groups.get(g.group_id) is not g:
             return
@@ -831,7 +832,7 @@ class Coordinator:
             self._expire(g, now)
             self._reschedule(g)
 
-    def _expire(self, g: Group, now: float) -> None:
+    def _expire(self, g: ClassicGroup, now: float) -> None:
         # Handshake ids never used.
         for mid, deadline in list(g.pending.items()):
             if deadline <= now:

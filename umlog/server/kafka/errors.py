@@ -10,23 +10,23 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 
 __all__ = ["ErrorCode", "error_code_for", "ERROR_CODES"]
 
 # Order matters: the first isinstance match wins.
 ERROR_CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
-    (E.CorruptBatchError, ErrorCode.corrupt_message),
-    (E.DecodeError, ErrorCode.corrupt_message),
-    (E.OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
-    (E.UnknownTopicError, ErrorCode.unknown_topic_or_partition),
-    (E.TopicExistsError, ErrorCode.topic_already_exists),
-    (E.InvalidConfigError, ErrorCode.invalid_config),
-    (E.InvalidRecordError, ErrorCode.invalid_record),  # keyless record, compacted topic
-    (E.IndexOffsetOverflowError, ErrorCode.kafka_storage_error),
-    (E.CorruptIndexError, ErrorCode.kafka_storage_error),
-    (E.ReadOnlyError, ErrorCode.not_leader_or_follower),
-    (E.BrokerClosedError, ErrorCode.broker_not_available),
+    (errors.CorruptBatchError, ErrorCode.corrupt_message),
+    (errors.DecodeError, ErrorCode.corrupt_message),
+    (errors.OffsetOutOfRangeError, ErrorCode.offset_out_of_range),
+    (errors.UnknownTopicError, ErrorCode.unknown_topic_or_partition),
+    (errors.TopicExistsError, ErrorCode.topic_already_exists),
+    (errors.InvalidConfigError, ErrorCode.invalid_config),
+    (errors.InvalidRecordError, ErrorCode.invalid_record),  # keyless record, compacted topic
+    (errors.IndexOffsetOverflowError, ErrorCode.kafka_storage_error),
+    (errors.CorruptIndexError, ErrorCode.kafka_storage_error),
+    (errors.ReadOnlyError, ErrorCode.not_leader_or_follower),
+    (errors.BrokerClosedError, ErrorCode.broker_not_available),
     (OSError, ErrorCode.kafka_storage_error),
 )
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 from umlog.config import TOPIC_CONFIGS, validate_overrides, validate_topic_name
 
 __all__ = ["config_str", "check_new_topic", "admin_error", "RESOURCE_TOPIC", "RESOURCE_BROKER",
@@ -28,15 +28,15 @@ def config_str(value: Any) -> str:
 
 def admin_error(exc: BaseException) -> tuple[ErrorCode, str]:
     """Error code and message for an engine error raised by an admin call."""
-    if isinstance(exc, E.TopicExistsError):
+    if isinstance(exc, errors.TopicExistsError):
         return ErrorCode.topic_already_exists, str(exc)
-    if isinstance(exc, E.UnknownTopicError):
+    if isinstance(exc, errors.UnknownTopicError):
         return ErrorCode.unknown_topic_or_partition, str(exc)
-    if isinstance(exc, E.InvalidConfigError):
+    if isinstance(exc, errors.InvalidConfigError):
         return ErrorCode.invalid_config, str(exc)
     if isinstance(exc, (ValueError, TypeError)):
         return ErrorCode.invalid_request, str(exc)
-    if isinstance(exc, E.ReadOnlyError):
+    if isinstance(exc, errors.ReadOnlyError):
         return ErrorCode.cluster_authorization_failed, str(exc)
     return ErrorCode.unknown_server_error, repr(exc)
 
@@ -61,7 +61,7 @@ def check_new_topic(door, name: str, partitions: int, configs: dict) -> tuple[Er
     try:
         validate_topic_name(name)
         validate_overrides(configs)
-    except E.InvalidConfigError as e:
+    except errors.InvalidConfigError as e:
         return ErrorCode.invalid_config, str(e)
     except (ValueError, TypeError) as e:
         return ErrorCode.invalid_topic_exception, str(e)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 
 from ._admin import admin_error
 from ._util import ZERO_MS, make, response_module
@@ -30,7 +30,7 @@ async def handle_create_partitions(ctx, req):
                 code = ErrorCode.policy_violation
             elif not req.validate_only:
                 door.broker.add_partitions(ct.name, ct.count)
-        except E.UnknownTopicError as e:
+        except errors.UnknownTopicError as e:
             code, msg = ErrorCode.unknown_topic_or_partition, str(e)
         except Exception as e:
             code, msg = admin_error(e)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 
 from ._admin import (
     RESOURCE_BROKER,
@@ -45,7 +45,7 @@ async def handle_describe_configs(ctx, req):
                 cfg = door.broker.topic(res.resource_name).config
                 items = [(k, v, SOURCE_DEFAULT if cfg.is_default(k) else SOURCE_DYNAMIC_TOPIC)
                          for k, v in sorted(cfg.items())]
-            except E.UnknownTopicError as e:
+            except errors.UnknownTopicError as e:
                 code, msg, items = ErrorCode.unknown_topic_or_partition, str(e), []
         elif res.resource_type == RESOURCE_BROKER:
             if res.resource_name not in ("", str(door.node_id)):

@@ -37,7 +37,7 @@ import time
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 
 from ..errors import error_code_for
 from ..wire import FetchPartitionResult, encode_fetch_response
@@ -66,7 +66,7 @@ def collect(door, topics, max_bytes: int):
         name = ft.topic
         try:
             t = b.topic(name)
-        except E.UnknownTopicError:
+        except errors.UnknownTopicError:
             t = None
         rows = []
         for fp in ft.partitions:
@@ -85,7 +85,7 @@ def collect(door, topics, max_bytes: int):
                 continue
             try:
                 batches = p.read_batches(offset, max(limit, 1))
-            except E.OffsetOutOfRangeError:
+            except errors.OffsetOutOfRangeError:
                 rows.append(FetchPartitionResult(index, _OUT_OF_RANGE, hw, start, _EMPTY))
                 error = True
                 continue

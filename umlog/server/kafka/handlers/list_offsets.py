@@ -13,7 +13,7 @@ import logging
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 
 from ..errors import error_code_for
 from ._util import ZERO_MS, make, response_module
@@ -46,7 +46,7 @@ def lookup(door, name: str, index: int, timestamp: int) -> tuple[ErrorCode, int,
     """(error_code, timestamp, offset) for one partition."""
     try:
         t = door.broker.topic(name)
-    except E.UnknownTopicError:
+    except errors.UnknownTopicError:
         return ErrorCode.unknown_topic_or_partition, -1, -1
     if not 0 <= index < t.num_partitions:
         return ErrorCode.unknown_topic_or_partition, -1, -1

@@ -14,7 +14,7 @@ import logging
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 from umlog.errors import RemoteProtocolError
 
 from ._util import ZERO_MS, make, response_module
@@ -32,7 +32,7 @@ def ensure_topic(door, name: str, allow_create: bool):
     b = door.broker
     try:
         return b.topic(name), ErrorCode.none
-    except E.UnknownTopicError:
+    except errors.UnknownTopicError:
         pass
     if not (allow_create and door.auto_create):
         return None, ErrorCode.unknown_topic_or_partition
@@ -44,14 +44,14 @@ def ensure_topic(door, name: str, allow_create: bool):
         t = door.create_topic(name, door.default_partitions)
         log.info("auto-created topic %r with %d partition(s)", name, door.default_partitions)
         return t, ErrorCode.none
-    except E.TopicExistsError:
+    except errors.TopicExistsError:
         try:
             return b.topic(name), ErrorCode.none  # created meanwhile
-        except E.UnknownTopicError:
+        except errors.UnknownTopicError:
             # Collides with another topic ('.' and '_' are one to Kafka): found
             # by tools/fuzz_kafka.py, this escaped as an ERROR.
             return None, ErrorCode.invalid_topic_exception
-    except (ValueError, E.InvalidConfigError):
+    except (ValueError, errors.InvalidConfigError):
         return None, ErrorCode.invalid_topic_exception
 
 
@@ -82,7 +82,7 @@ async def handle_metadata(ctx, req):
         for name in sorted(door.broker.topics()):
             try:
                 t = door.broker.topic(name)
-            except E.UnknownTopicError:  # deleted meanwhile
+            except errors.UnknownTopicError:  # deleted meanwhile
                 continue
             entries.append(topic_entry(ctx, mod, name, t, ErrorCode.none))
     else:

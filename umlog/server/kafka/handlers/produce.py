@@ -45,7 +45,7 @@ import time
 
 from kio.schema.errors import ErrorCode
 
-from umlog import errors as E
+from umlog import errors
 from umlog.broker import INTERNAL_TOPICS
 from umlog.log.producer_state import seq_add
 
@@ -96,7 +96,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
         return ErrorCode.invalid_topic_exception, -1, -1, -1
     try:
         t = b.topic(topic_name)
-    except E.UnknownTopicError:
+    except errors.UnknownTopicError:
         return ErrorCode.unknown_topic_or_partition, -1, -1, -1
     if not 0 <= index < t.num_partitions:
         return ErrorCode.unknown_topic_or_partition, -1, -1, -1
@@ -106,7 +106,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
     try:
         data, infos = p.validate_batches(records)
         _check_sizes(infos, len(data), t.config)
-    except E.CorruptBatchError as e:
+    except errors.CorruptBatchError as e:
         pos = getattr(e, "position", 0) or 0
         old = len(records) > pos + _MAGIC_OFFSET and records[pos + _MAGIC_OFFSET] != 2
         log.warning("produce to %s-%d refused: %s", topic_name, index, e)
@@ -146,7 +146,7 @@ def _append_one(door, topic_name: str, index: int, records: memoryview | None, t
 
     try:
         base, last, append_time = p.append_batches(data, infos)
-    except E.CorruptBatchError as e:
+    except errors.CorruptBatchError as e:
         log.warning("produce to %s-%d refused: %s", topic_name, index, e)
         return ErrorCode.corrupt_message, -1, -1, -1
     except Exception as e:
