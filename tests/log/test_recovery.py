@@ -32,8 +32,7 @@ def crash(broker):
                 seg.time_index.close()
                 os.close(seg.fd)
                 seg.fd = -1
-            if p._rp_fd >= 0:
-                os.close(p._rp_fd)
+            p.recovery_point.close()
     broker._closed = True
     broker._release_lock()
 

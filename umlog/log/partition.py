@@ -24,13 +24,16 @@ Thread safety: every mutation holds ``self.lock``. Reads take it only to seal
 the open batch; the bytes themselves are read with pread outside it.
 Durability: with ``fsync="always"`` ``append*`` return after an fdatasync that
 covers them (group commit: one fdatasync serves every thread that appended
-before it started).
+before it started), except on the thread named by ``hooks.defer_thread``,
+whose owner waits on ``sync_through`` itself (the server's event loop).
+
+Opening the directory and recovering a torn tail is ``loader.py``'s; the
+idempotent producers' state is ``producer_state.py``'s.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import time
 from bisect import bisect_right
@@ -43,7 +46,6 @@ from .._native.core import (
     LOG_OVERHEAD,
     OpenBatch,
     batch_info,
-    crc32c,
     decode_records,
     encode_batch,
     set_base_offset,
@@ -53,7 +55,7 @@ from .._native.core import (
 from ..config import TopicConfig
 from ..errors import CorruptBatchError, DecodeError, OffsetOutOfRangeError, ReadOnlyError
 from . import cleaner, tailing
-from .files import LOG_SUFFIX, parse_segment_name
+from .loader import RecoveryPoint, load_segments
 from .producer_state import ProducerStateManager, seq_add
 from .segment import LogSegment
 
@@ -130,7 +132,7 @@ class Partition:
         self.segments: list[LogSegment] = []
         self._log_append_time = config.log_append_time
         self.recovered_bytes = 0
-        self._rp_fd = -1
+        self.recovery_point = RecoveryPoint(directory)
         self._rp_time = 0.0
         # read(follow=True) waits here; notified when a batch reaches the
         # segment (umlog/log/tailing.py).
@@ -159,100 +161,8 @@ class Partition:
         )
 
     def _load(self, clean: bool) -> None:
-        bases = []
-        if self.writable:
-            # Leftovers of an interrupted compaction or deletion: a committed
-            # compaction swap is completed, everything else removed.
-            cleaner.complete_interrupted(self.directory)
-        else:
-            tailing.wait_for_swaps(self.directory)
-        if os.path.isdir(self.directory):
-            for name in os.listdir(self.directory):
-                parsed = parse_segment_name(name)
-                if parsed and parsed[1] == LOG_SUFFIX:
-                    bases.append(parsed[0])
-        bases.sort()
-        kw = self._segment_kwargs()
-        rp_base, rp_pos = self._read_recovery_point() if not clean else (0, 0)
-        for i, base in enumerate(bases):
-            last = i == len(bases) - 1
-            seg = LogSegment(self.directory, base, active=last, **kw)
-            self.segments.append(seg)
-            if not self.writable:
-                if last:
-                    self._load_readonly(seg)
-                else:
-                    self._load_closed(seg, bases[i + 1])
-            elif clean or base < rp_base:
-                # Known durable: closed segments need no scan at all, the
-                # active one a scan from its last index entry.
-                if last:
-                    self.recovered_bytes += seg.load(True)
-                else:
-                    self._load_closed(seg, bases[i + 1])
-            else:
-                # Written after the last recorded fdatasync: validate.
-                cut = seg.recover(rp_pos if base == rp_base else 0)
-                self.recovered_bytes += cut
-                if not last and (cut or seg.next_offset != bases[i + 1]):
-                    # A hole in the middle: keep the valid prefix only (as
-                    # Kafka does), so offsets stay dense.
-                    for later in bases[i + 1:]:
-                        doomed = LogSegment(self.directory, later, active=False, **kw)
-                        self.recovered_bytes += doomed.size
-                        doomed.delete()
-                    seg.offset_index.resize_for_append()
-                    seg.time_index.resize_for_append()
-                    seg.active = True
-                    break
-        if not self.segments:
-            if not self.writable:
-                return
-            self.segments.append(LogSegment(self.directory, 0, active=True, create=True, **kw))
-
-    @staticmethod
-    def _load_closed(seg: LogSegment, next_base: int) -> None:
-        seg.next_offset = next_base
-        if seg.time_index.entries:
-            seg.max_timestamp, seg.offset_of_max_timestamp = seg.time_index.last_entry
-
-    # -- recovery point: (segment base, position) known durable -------------------
-
-    _RP = struct.Struct(">qqI")
-
-    def _rp_path(self) -> str:
-        return os.path.join(self.directory, "recovery-point")
-
-    def _read_recovery_point(self) -> tuple[int, int]:
-        """Where the last fdatasync ended; (0, 0), trusting nothing, if unknown."""
-        try:
-            with open(self._rp_path(), "rb") as f:
-                raw = f.read(self._RP.size)
-            base, pos, crc = self._RP.unpack(raw)
-            if crc32c(raw[:16]) == crc and base >= 0 and pos >= 0:
-                return base, pos
-        except (OSError, struct.error):
-            pass
-        return 0, 0
-
-    def _write_recovery_point(self, base: int, position: int) -> None:
-        """Recorded after an fdatasync, never fsync'd itself: if a crash loses
-        it, recovery starts from an older point, which is only slower."""
-        raw = struct.pack(">qq", base, position)
-        raw += struct.pack(">I", crc32c(raw))
-        if self._rp_fd < 0:
-            self._rp_fd = os.open(self._rp_path(), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        os.pwrite(self._rp_fd, raw, 0)
-
-    @staticmethod
-    def _load_readonly(seg: LogSegment) -> None:
-        """Tailers never truncate: they stop before a torn or unfinished batch."""
-        try:
-            seg._scan_from_index(check_crc=False, rebuild=False)
-        except (CorruptBatchError, DecodeError) as e:
-            pos = getattr(e, "position", -1)
-            if pos >= 0:
-                seg.size = pos
+        self.segments, self.recovered_bytes = load_segments(
+            self.directory, self.writable, clean, self._segment_kwargs(), self.recovery_point)
 
     def _first_offset(self) -> int:
         for seg in self.segments:
@@ -502,7 +412,7 @@ class Partition:
             raise
         self.segments.append(new)
         if synced:
-            self._write_recovery_point(new.base_offset, 0)
+            self.recovery_point.write(new.base_offset, 0)
         if self._pstate is not None:
             # A failed snapshot costs only a longer replay after a crash.
             try:
@@ -608,7 +518,7 @@ class Partition:
             if dirty and now - self._rp_time >= RP_INTERVAL_S:
                 self._rp_time = now
                 seg = dirty[-1]
-                self._write_recovery_point(seg.base_offset, seg.synced_size)
+                self.recovery_point.write(seg.base_offset, seg.synced_size)
 
     def sync(self) -> None:
         """Seal and fdatasync everything appended so far."""
@@ -803,14 +713,12 @@ class Partition:
             with self.lock:
                 self._seal()
             self.sync()
-            self._write_recovery_point(self.active.base_offset, self.active.size)
+            self.recovery_point.write(self.active.base_offset, self.active.size)
             if self._pstate is not None:
                 self._pstate.write_snapshot(self.end_offset, durable=self.fsync != "never")
         for seg in self.segments:
             seg.close()
-        if self._rp_fd >= 0:
-            os.close(self._rp_fd)
-            self._rp_fd = -1
+        self.recovery_point.close()
 
     def delete(self) -> None:
         for seg in self.segments:
