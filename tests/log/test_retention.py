@@ -8,7 +8,7 @@ from helpers import wait_until
 
 import umlog
 from umlog.errors import OffsetOutOfRangeError
-from umlog.log import cleaner
+from umlog.log.retention import RetentionResult
 
 DAY = 86_400_000
 
@@ -163,6 +163,6 @@ def test_retention_result_and_config_validation(data_dir):
             b.alter_topic_config("t", {"retention.bytes": -2})
         with pytest.raises(umlog.UnknownTopicError):
             b.run_retention("nope")
-        assert b.run_retention("t")[("t", 0)] == cleaner.RetentionResult(0, 0, 0)
+        assert b.run_retention("t")[("t", 0)] == RetentionResult(0, 0, 0)
     with pytest.raises(ValueError):
         umlog.open(data_dir, cleaner_interval_ms=-1)

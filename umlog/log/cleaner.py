@@ -1,20 +1,9 @@
-"""Retention and compaction of closed segments (Kafka's retention and LogCleaner).
+"""Compaction of closed segments (Kafka's LogCleaner), and the background thread
+that runs it and retention (``retention.py``).
 
 Both only ever touch CLOSED segments: the active one (the last) is never
 deleted nor rewritten, so appends never wait for them beyond the moment the
 partition's segment list is swapped.
-
-Retention (``cleanup.policy`` contains ``delete``)
---------------------------------------------------
-Deletes whole segments from the front of the partition, as Kafka does:
-
-- by time: while a segment's largest timestamp (the file's mtime when it has
-  none) is more than ``retention.ms`` old;
-- by size: while the partition's size minus the segment's stays at or above
-  ``retention.bytes`` (the active segment's bytes count, it is never deleted).
-
-The longest of the two prefixes goes. ``start_offset`` moves to the first
-offset left; a read below it raises ``OffsetOutOfRangeError``.
 
 Compaction (``cleanup.policy`` contains ``compact``)
 ----------------------------------------------------
@@ -103,14 +92,13 @@ from .files import (
     write_all,
 )
 from .index import OffsetIndex, TimeIndex
+from .retention import RetentionResult, enforce_retention
 from .segment import LogSegment
 from .tailing import premap, retire
 
 __all__ = [
     "Cleaner",
-    "RetentionResult",
     "CompactionResult",
-    "enforce_retention",
     "compact_partition",
     "complete_interrupted",
     "check_keys",
@@ -243,83 +231,6 @@ def complete_interrupted(directory: str) -> None:
             changed = True
     if changed:
         fsync_dir(directory)
-
-
-# -- retention ---------------------------------------------------------------------------
-
-
-@dataclass
-class RetentionResult:
-    segments: int = 0
-    bytes: int = 0
-    start_offset: int = 0
-
-
-def _largest_timestamp(seg: LogSegment) -> int:
-    if seg.max_timestamp >= 0:
-        return seg.max_timestamp
-    return os.fstat(seg.fd).st_mtime_ns // 1_000_000  # Kafka: lastModified when no timestamp
-
-
-def _delete_files(directory: str, segments: list[LogSegment]) -> None:
-    """Rename to .deleted (durably), then unlink: a crash in between leaves
-    only names the loader deletes."""
-    renamed = []
-    for seg in segments:
-        for suffix in _SEGMENT_SUFFIXES:
-            src = os.path.join(directory, segment_name(seg.base_offset, suffix))
-            try:
-                os.rename(src, src + DELETED_SUFFIX)
-                renamed.append(src + DELETED_SUFFIX)
-            except FileNotFoundError:
-                pass
-    if renamed:
-        fsync_dir(directory)
-    for path in renamed:
-        _unlink(path)
-
-
-def enforce_retention(p, now_ms: int | None = None) -> RetentionResult:
-    """Delete the closed segments retention.ms / retention.bytes let go."""
-    cfg = p.config
-    out = RetentionResult(start_offset=p.start_offset)
-    if "delete" not in cfg["cleanup.policy"] or not p.writable:
-        return out
-    ms, max_bytes = cfg["retention.ms"], cfg["retention.bytes"]
-    if ms < 0 and max_bytes < 0:
-        return out
-    now = _now_ms() if now_ms is None else now_ms
-    with p.lock:
-        segs = p.segments
-        closed = segs[:-1]
-        by_time = 0
-        if ms >= 0:
-            for seg in closed:
-                if now - _largest_timestamp(seg) <= ms:
-                    break
-                by_time += 1
-        by_size = 0
-        if max_bytes >= 0:
-            diff = sum(s.size for s in segs) - max_bytes
-            for seg in closed:
-                if diff - seg.size < 0:
-                    break
-                diff -= seg.size
-                by_size += 1
-        n = max(by_time, by_size)
-        if n == 0:
-            return out
-        doomed = segs[:n]
-        premap(doomed)
-        p.replace_segments(segs[n:])
-    out.segments = n
-    out.bytes = sum(s.size for s in doomed)
-    out.start_offset = p.start_offset
-    retire(doomed)
-    _delete_files(p.directory, doomed)
-    log.info("%s-%d: retention deleted %d segment(s), %d bytes; start offset now %d",
-             p.topic, p.index, n, out.bytes, out.start_offset)
-    return out
 
 
 # -- compaction -------------------------------------------------------------------------
