@@ -60,9 +60,11 @@ One round (a *rebalance*)::
 
 The transition table
 --------------------
-``TRANSITIONS`` lists every state change and why; ``_transition`` refuses any
-other (an ``AssertionError`` is a coordinator bug). Staying in a state is not
-a transition (e.g. a join during PreparingRebalance).
+``TRANSITIONS`` (in ``state.py``, with the states, events, errors, requests,
+answers, members and groups) lists every state change and why;
+``_transition`` refuses any other (an ``AssertionError`` is a coordinator
+bug). Staying in a state is not a transition (e.g. a join during
+PreparingRebalance).
 
 Members in a state, exclusive: a member id is in ``pending`` (handshake) or in
 ``members``, never both; a member holds at most one of ``join_waiter`` and
@@ -92,17 +94,29 @@ names of Kafka's error codes); the door turns them into wire codes.
 
 from __future__ import annotations
 
-import enum
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import UnknownTopicError
 from .offsets import MAX_METADATA_BYTES, OffsetAndMetadata, OffsetStore
 from .schema import subscribed_topics
+from .state import (
+    TRANSITIONS,
+    ClassicGroup,
+    Err,
+    Event,
+    GroupDescription,
+    GroupState,
+    JoinRequest,
+    JoinResult,
+    Member,
+    MemberDescription,
+    MonotonicScheduler,
+    Scheduler,
+    SyncResult,
+)
 
 __all__ = ["Coordinator", "GroupState", "Err", "Event", "TRANSITIONS", "JoinRequest", "JoinResult",
            "SyncResult", "GroupDescription", "MemberDescription", "Scheduler", "MonotonicScheduler"]
@@ -116,236 +130,6 @@ INITIAL_REBALANCE_DELAY_MS = 3_000  # group.initial.rebalance.delay.ms
 # An Empty group with no committed offsets is forgotten after this long
 # (Kafka removes such groups at its next offsets-retention check, every 10 min).
 EMPTY_GROUP_RETENTION_S = 600.0
-
-
-class GroupState(enum.Enum):
-    EMPTY = "Empty"
-    PREPARING_REBALANCE = "PreparingRebalance"
-    COMPLETING_REBALANCE = "CompletingRebalance"
-    STABLE = "Stable"
-    DEAD = "Dead"
-
-
-class Event(enum.Enum):
-    """Why a group changes state (the second column of ``TRANSITIONS``)."""
-
-    JOIN = "a member joins: new, with changed protocols, or the leader again"
-    LEAVE = "members leave or are evicted (session or sync timeout)"
-    JOIN_DONE = "the join phase ends with members"
-    JOIN_DONE_EMPTY = "the join phase ends with no member left"
-    LEADER_SYNC = "the leader's SyncGroup brings the assignment"
-    DELETE = "DeleteGroups, or an Empty group forgotten without offsets"
-    SHUTDOWN = "the coordinator stops"
-
-
-S = GroupState
-E = Event
-
-TRANSITIONS: dict[tuple[GroupState, Event], GroupState] = {
-    (S.EMPTY, E.JOIN): S.PREPARING_REBALANCE,
-    (S.EMPTY, E.DELETE): S.DEAD,
-    (S.EMPTY, E.SHUTDOWN): S.DEAD,
-    (S.PREPARING_REBALANCE, E.JOIN_DONE): S.COMPLETING_REBALANCE,
-    (S.PREPARING_REBALANCE, E.JOIN_DONE_EMPTY): S.EMPTY,
-    (S.PREPARING_REBALANCE, E.SHUTDOWN): S.DEAD,
-    (S.COMPLETING_REBALANCE, E.LEADER_SYNC): S.STABLE,
-    (S.COMPLETING_REBALANCE, E.JOIN): S.PREPARING_REBALANCE,
-    (S.COMPLETING_REBALANCE, E.LEAVE): S.PREPARING_REBALANCE,
-    (S.COMPLETING_REBALANCE, E.SHUTDOWN): S.DEAD,
-    (S.STABLE, E.JOIN): S.PREPARING_REBALANCE,
-    (S.STABLE, E.LEAVE): S.PREPARING_REBALANCE,
-    (S.STABLE, E.SHUTDOWN): S.DEAD,
-}
-
-
-class Err(enum.Enum):
-    """Kafka's error names (``kio``'s ``ErrorCode`` member names) used by the coordinator."""
-
-    NONE = "none"
-    UNKNOWN_MEMBER_ID = "unknown_member_id"
-    ILLEGAL_GENERATION = "illegal_generation"
-    REBALANCE_IN_PROGRESS = "rebalance_in_progress"
-    MEMBER_ID_REQUIRED = "member_id_required"
-    INCONSISTENT_GROUP_PROTOCOL = "inconsistent_group_protocol"
-    FENCED_INSTANCE_ID = "fenced_instance_id"
-    COORDINATOR_NOT_AVAILABLE = "coordinator_not_available"
-    NOT_COORDINATOR = "not_coordinator"
-    INVALID_SESSION_TIMEOUT = "invalid_session_timeout"
-    INVALID_GROUP_ID = "invalid_group_id"
-    GROUP_ID_NOT_FOUND = "group_id_not_found"
-    NON_EMPTY_GROUP = "non_empty_group"
-    GROUP_SUBSCRIBED_TO_TOPIC = "group_subscribed_to_topic"
-    UNKNOWN_TOPIC_OR_PARTITION = "unknown_topic_or_partition"
-    OFFSET_METADATA_TOO_LARGE = "offset_metadata_too_large"
-    INVALID_COMMIT_OFFSET_SIZE = "invalid_commit_offset_size"
-    UNKNOWN_SERVER_ERROR = "unknown_server_error"
-
-
-# --- time --------------------------------------------------------------------------------
-
-
-class Timer(Protocol):
-    def cancel(self) -> Any: ...
-
-
-class Scheduler(Protocol):
-    """Where the coordinator gets its time (seconds) and its timers."""
-
-    def time(self) -> float: ...
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> Timer: ...
-
-
-class MonotonicScheduler:
-    """For embedded use without an event loop: time only; timers never fire by themselves
-    (``Coordinator.poll()`` runs what is due)."""
-
-    class _T:
-        def cancel(self) -> None:
-            pass
-
-    def time(self) -> float:
-        return time.monotonic()
-
-    def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
-        return self._T()
-
-
-# --- requests and answers -----------------------------------------------------------------
-
-
-@dataclass
-class JoinRequest:
-    group_id: str
-    member_id: str = ""
-    instance_id: str | None = None
-    protocol_type: str = "consumer"
-    protocols: list[tuple[str, bytes]] = field(default_factory=list)
-    session_timeout_ms: int = 10_000
-    rebalance_timeout_ms: int = -1  # -1: the session timeout (JoinGroup v0)
-    client_id: str = ""
-    client_host: str = ""
-    require_known_member_id: bool = True  # JoinGroup v4+
-    supports_skip_assignment: bool = False  # JoinGroup v9+
-    reason: str | None = None
-
-
-@dataclass
-class JoinResult:
-    error: Err
-    member_id: str = ""
-    generation: int = -1
-    protocol_type: str | None = None
-    protocol_name: str | None = None
-    leader: str = ""
-    members: list[tuple[str, str | None, bytes]] = field(default_factory=list)  # leader only
-    skip_assignment: bool = False
-
-
-@dataclass
-class SyncResult:
-    error: Err
-    assignment: bytes = b""
-    protocol_type: str | None = None
-    protocol_name: str | None = None
-
-
-@dataclass
-class MemberDescription:
-    member_id: str
-    instance_id: str | None
-    client_id: str
-    client_host: str
-    metadata: bytes
-    assignment: bytes
-
-
-@dataclass
-class GroupDescription:
-    group_id: str
-    state: GroupState
-    protocol_type: str
-    protocol_name: str
-    generation: int
-    leader: str
-    members: list[MemberDescription]
-
-
-# --- groups and members -------------------------------------------------------------------
-
-
-class Member:
-    __slots__ = ("member_id", "instance_id", "client_id", "client_host", "session_timeout_s",
-                 "rebalance_timeout_s", "protocol_type", "protocols", "assignment", "join_waiter",
-                 "sync_waiter", "last_heartbeat", "supports_skip_assignment")
-
-    def __init__(self, member_id: str, req: JoinRequest, now: float) -> None:
-        self.member_id = member_id
-        self.instance_id = req.instance_id
-        self.assignment = b""
-        self.join_waiter: Callable[[JoinResult], None] | None = None
-        self.sync_waiter: Callable[[SyncResult], None] | None = None
-        self.last_heartbeat = now
-        self.update(req)
-
-    def update(self, req: JoinRequest) -> None:
-        self.client_id = req.client_id
-        self.client_host = req.client_host
-        self.session_timeout_s = req.session_timeout_ms / 1000.0
-        rt = req.rebalance_timeout_ms if req.rebalance_timeout_ms >= 0 else req.session_timeout_ms
-        self.rebalance_timeout_s = rt / 1000.0
-        self.protocol_type = req.protocol_type
-        self.protocols = dict(req.protocols)  # name -> metadata, in preference order
-        self.supports_skip_assignment = req.supports_skip_assignment
-
-    def same_protocols(self, req: JoinRequest) -> bool:
-        return list(self.protocols.items()) == [(n, bytes(m)) for n, m in req.protocols]
-
-    @property
-    def waiting(self) -> bool:
-        return self.join_waiter is not None or self.sync_waiter is not None
-
-
-class ClassicGroup:
-    """One classic-protocol group's state in the coordinator (``umlog.groups.Group`` is
-    the embedded API's committed offsets)."""
-
-    def __init__(self, group_id: str, now: float) -> None:
-        self.group_id = group_id
-        self.state = GroupState.EMPTY
-        self.generation = 0
-        self.protocol_type: str | None = None
-        self.protocol_name: str | None = None
-        self.leader: str | None = None
-        self.members: dict[str, Member] = {}  # join order
-        self.static: dict[str, str] = {}  # instance id -> member id
-        self.pending: dict[str, float] = {}  # member id -> handshake deadline
-        self.pending_sync: set[str] = set()
-        self.join_deadline: float | None = None
-        self.initial_phase = False  # waiting out the initial rebalance delay
-        self.initial_remaining = 0.0
-        self.new_member_added = False
-        self.sync_deadline: float | None = None
-        self.empty_since = now
-        self.timer: Any = None
-        self.timer_when: float | None = None
-
-    def candidates(self) -> set[str]:
-        """Protocols every member supports."""
-        it = iter(self.members.values())
-        first = next(it, None)
-        if first is None:
-            return set()
-        out = set(first.protocols)
-        for m in it:
-            out &= set(m.protocols)
-        return out
-
-    def max_rebalance_timeout(self) -> float:
-        return max((m.rebalance_timeout_s for m in self.members.values()), default=0.0)
-
-    def all_joined(self) -> bool:
-        return not self.pending and all(m.join_waiter is not None for m in self.members.values())
 
 
 def _call(fn: Callable | None, result: Any) -> None:
@@ -498,16 +282,16 @@ class Coordinator:
             return
         m.last_heartbeat = self._now()
         st = g.state
-        if st is S.PREPARING_REBALANCE:
+        if st is GroupState.PREPARING_REBALANCE:
             self._update_member(g, m, req, respond)
-        elif st is S.COMPLETING_REBALANCE:
+        elif st is GroupState.COMPLETING_REBALANCE:
             if m.same_protocols(req):
                 # It lost our answer: give it again.
                 m.update(req)
                 _call(respond, self._current_join_result(g, m))
             else:
                 self._update_member(g, m, req, respond)
-        elif st is S.STABLE:
+        elif st is GroupState.STABLE:
             if m.member_id == g.leader or not m.same_protocols(req):
                 self._update_member(g, m, req, respond)
             else:
@@ -562,7 +346,7 @@ class Coordinator:
         m.update(req)
         m.last_heartbeat = self._now()
         st = g.state
-        if st is S.STABLE and not changed:
+        if st is GroupState.STABLE and not changed:
             # Same protocols, same assignment: no rebalance (the point of static
             # membership), for the leader too. A returning leader is told to skip
             # the assignment (KIP-814, v9); one that cannot be told (v<9) is named
@@ -578,13 +362,13 @@ class Coordinator:
         self._prepare_or_check(g)
 
     def _prepare_or_check(self, g: ClassicGroup) -> None:
-        if g.state in (S.EMPTY, S.STABLE, S.COMPLETING_REBALANCE):
-            self._prepare_rebalance(g, E.JOIN)
+        if g.state in (GroupState.EMPTY, GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
+            self._prepare_rebalance(g, Event.JOIN)
         self._try_complete_join(g)
 
     def _prepare_rebalance(self, g: ClassicGroup, event: Event) -> None:
         now = self._now()
-        if g.state is S.COMPLETING_REBALANCE:
+        if g.state is GroupState.COMPLETING_REBALANCE:
             # The assignment being synced is obsolete: those waiting must rejoin.
             for m in g.members.values():
                 if m.sync_waiter is not None:
@@ -592,7 +376,7 @@ class Coordinator:
                     _call(w, SyncResult(Err.REBALANCE_IN_PROGRESS))
         g.pending_sync.clear()
         g.sync_deadline = None
-        if g.state is S.EMPTY and self.initial_delay_s > 0:
+        if g.state is GroupState.EMPTY and self.initial_delay_s > 0:
             g.initial_phase = True
             delay = min(self.initial_delay_s, g.max_rebalance_timeout())
             g.initial_remaining = max(0.0, g.max_rebalance_timeout() - delay)
@@ -601,10 +385,10 @@ class Coordinator:
             g.initial_phase = False
             g.join_deadline = now + g.max_rebalance_timeout()
         g.new_member_added = False
-        self._transition(g, event if g.state is not S.EMPTY else E.JOIN)
+        self._transition(g, event if g.state is not GroupState.EMPTY else Event.JOIN)
 
     def _try_complete_join(self, g: ClassicGroup) -> None:
-        if g.state is S.PREPARING_REBALANCE and not g.initial_phase and g.all_joined():
+        if g.state is GroupState.PREPARING_REBALANCE and not g.initial_phase and g.all_joined():
             self._complete_join(g)
 
     def _complete_join(self, g: ClassicGroup) -> None:
@@ -622,12 +406,12 @@ class Coordinator:
             g.protocol_name = None
             g.leader = None
             g.empty_since = now
-            self._transition(g, E.JOIN_DONE_EMPTY)
+            self._transition(g, Event.JOIN_DONE_EMPTY)
             return
         g.protocol_name = self._select_protocol(g)
         if g.leader not in g.members or g.members[g.leader].join_waiter is None:
             g.leader = joined[0].member_id
-        self._transition(g, E.JOIN_DONE)
+        self._transition(g, Event.JOIN_DONE)
         g.pending_sync = set(g.members)
         g.sync_deadline = now + g.max_rebalance_timeout()
         for m in g.members.values():
@@ -663,7 +447,7 @@ class Coordinator:
             _call(respond, SyncResult(Err.NOT_COORDINATOR))
             return
         g = self.groups.get(group_id)
-        if g is None or g.state is S.DEAD:
+        if g is None or g.state is GroupState.DEAD:
             _call(respond, SyncResult(Err.UNKNOWN_MEMBER_ID if g is None else Err.COORDINATOR_NOT_AVAILABLE))
             return
         if self._fenced(g, member_id, instance_id):
@@ -682,9 +466,9 @@ class Coordinator:
             return
         now = self._now()
         m.last_heartbeat = now
-        if g.state is S.PREPARING_REBALANCE:
+        if g.state is GroupState.PREPARING_REBALANCE:
             _call(respond, SyncResult(Err.REBALANCE_IN_PROGRESS))
-        elif g.state is S.COMPLETING_REBALANCE:
+        elif g.state is GroupState.COMPLETING_REBALANCE:
             g.pending_sync.discard(member_id)
             if m.sync_waiter is not None:
                 _call(m.sync_waiter, SyncResult(Err.REBALANCE_IN_PROGRESS))
@@ -693,13 +477,13 @@ class Coordinator:
                 given = assignments or {}
                 for x in g.members.values():
                     x.assignment = bytes(given.get(x.member_id, b""))
-                self._transition(g, E.LEADER_SYNC)
+                self._transition(g, Event.LEADER_SYNC)
                 for x in g.members.values():
                     if x.sync_waiter is not None:
                         w, x.sync_waiter = x.sync_waiter, None
                         x.last_heartbeat = now
                         _call(w, SyncResult(Err.NONE, x.assignment, g.protocol_type, g.protocol_name))
-        elif g.state is S.STABLE:
+        elif g.state is GroupState.STABLE:
             g.pending_sync.discard(member_id)
             _call(respond, SyncResult(Err.NONE, m.assignment, g.protocol_type, g.protocol_name))
         else:
@@ -714,17 +498,17 @@ class Coordinator:
         g = self.groups.get(group_id)
         if g is None:
             return Err.UNKNOWN_MEMBER_ID
-        if g.state is S.DEAD:
+        if g.state is GroupState.DEAD:
             return Err.COORDINATOR_NOT_AVAILABLE
         if self._fenced(g, member_id, instance_id):
             return Err.FENCED_INSTANCE_ID
         m = g.members.get(member_id)
-        if g.state is S.EMPTY or m is None:
+        if g.state is GroupState.EMPTY or m is None:
             return Err.UNKNOWN_MEMBER_ID
         if generation != g.generation:
             return Err.ILLEGAL_GENERATION
         m.last_heartbeat = self._now()
-        if g.state is S.PREPARING_REBALANCE:
+        if g.state is GroupState.PREPARING_REBALANCE:
             return Err.REBALANCE_IN_PROGRESS
         return Err.NONE
 
@@ -738,7 +522,7 @@ class Coordinator:
         g = self.groups.get(group_id)
         if g is None:
             return Err.NONE, [Err.UNKNOWN_MEMBER_ID] * len(members)
-        if g.state is S.DEAD:
+        if g.state is GroupState.DEAD:
             return Err.COORDINATOR_NOT_AVAILABLE, [Err.COORDINATOR_NOT_AVAILABLE] * len(members)
         errors = []
         removed = False
@@ -781,9 +565,9 @@ class Coordinator:
             g.leader = next(iter(g.members), None)
 
     def _members_removed(self, g: ClassicGroup) -> None:
-        if g.state in (S.STABLE, S.COMPLETING_REBALANCE):
-            self._prepare_rebalance(g, E.LEAVE)
-        if g.state is S.PREPARING_REBALANCE:
+        if g.state in (GroupState.STABLE, GroupState.COMPLETING_REBALANCE):
+            self._prepare_rebalance(g, Event.LEAVE)
+        if g.state is GroupState.PREPARING_REBALANCE:
             if not g.members and not g.pending:
                 # Nobody left to wait for, not even during the initial delay.
                 g.initial_phase = False
@@ -794,11 +578,12 @@ class Coordinator:
     def _next_deadline(self, g: ClassicGroup) -> float | None:
         ds = [m.last_heartbeat + m.session_timeout_s for m in g.members.values() if not m.waiting]
         ds.extend(g.pending.values())
-        if g.state is S.PREPARING_REBALANCE and g.join_deadline is not None:
+        if g.state is GroupState.PREPARING_REBALANCE and g.join_deadline is not None:
             ds.append(g.join_deadline)
-        if g.pending_sync and g.sync_deadline is not None and g.state in (S.COMPLETING_REBALANCE, S.STABLE):
+        syncing = g.state in (GroupState.COMPLETING_REBALANCE, GroupState.STABLE)
+        if g.pending_sync and g.sync_deadline is not None and syncing:
             ds.append(g.sync_deadline)
-        if g.state is S.EMPTY and not g.members and not g.pending:
+        if g.state is GroupState.EMPTY and not g.members and not g.pending:
             ds.append(g.empty_since + EMPTY_GROUP_RETENTION_S)
         return min(ds) if ds else None
 
@@ -837,14 +622,14 @@ class Coordinator:
         for mid, deadline in list(g.pending.items()):
             if deadline <= now:
                 del g.pending[mid]
-                if g.state is S.PREPARING_REBALANCE:
+                if g.state is GroupState.PREPARING_REBALANCE:
                     self._try_complete_join(g)
         # Sessions.
         gone = [m for m in g.members.values()
                 if not m.waiting and m.last_heartbeat + m.session_timeout_s <= now]
         # Members that got their join answer but never came to SyncGroup.
         if g.pending_sync and g.sync_deadline is not None and g.sync_deadline <= now and g.state in (
-                S.COMPLETING_REBALANCE, S.STABLE):
+                GroupState.COMPLETING_REBALANCE, GroupState.STABLE):
             gone.extend(g.members[mid] for mid in g.pending_sync if mid in g.members
                         and g.members[mid] not in gone)
             g.pending_sync.clear()
@@ -855,7 +640,7 @@ class Coordinator:
                 self._remove(g, m)
             self._members_removed(g)
         # The end of the join phase.
-        if g.state is S.PREPARING_REBALANCE and g.join_deadline is not None and g.join_deadline <= now:
+        if g.state is GroupState.PREPARING_REBALANCE and g.join_deadline is not None and g.join_deadline <= now:
             if g.initial_phase and g.new_member_added and g.initial_remaining > 0:
                 delay = min(self.initial_delay_s, g.initial_remaining)
                 g.initial_remaining -= delay
@@ -864,12 +649,12 @@ class Coordinator:
             else:
                 self._complete_join(g)
         # An Empty group nobody uses, with no offsets: forget it.
-        if (g.state is S.EMPTY and not g.members and not g.pending
+        if (g.state is GroupState.EMPTY and not g.members and not g.pending
                 and g.empty_since + EMPTY_GROUP_RETENTION_S <= now):
             if self.store.has_group(g.group_id):
                 g.empty_since = now  # it has offsets: look again later
             else:
-                self._transition(g, E.DELETE)
+                self._transition(g, Event.DELETE)
                 self.groups.pop(g.group_id, None)
 
     # --- offsets --------------------------------------------------------------------------------
@@ -885,13 +670,13 @@ class Coordinator:
         if g is None:
             if generation >= 0:
                 return Err.ILLEGAL_GENERATION, {}
-        elif g.state is S.DEAD:
+        elif g.state is GroupState.DEAD:
             return Err.COORDINATOR_NOT_AVAILABLE, {}
         elif self._fenced(g, member_id, instance_id):
             return Err.FENCED_INSTANCE_ID, {}
-        elif generation < 0 and g.state is S.EMPTY:
+        elif generation < 0 and g.state is GroupState.EMPTY:
             pass  # offsets only: assign() consumers, admin tools
-        elif g.state is S.COMPLETING_REBALANCE:
+        elif g.state is GroupState.COMPLETING_REBALANCE:
             return Err.REBALANCE_IN_PROGRESS, {}
         elif member_id not in g.members:
             return Err.UNKNOWN_MEMBER_ID, {}
@@ -945,7 +730,7 @@ class Coordinator:
             return Err.NOT_COORDINATOR, {}
         partitions = [tuple(tp) for tp in partitions]
         g = self.groups.get(group_id)
-        if (g is None or g.state is S.DEAD) and not self.store.has_group(group_id):
+        if (g is None or g.state is GroupState.DEAD) and not self.store.has_group(group_id):
             return Err.GROUP_ID_NOT_FOUND, {}
         subscribed: set[str] = set()
         if g is not None and g.members:
@@ -975,9 +760,9 @@ class Coordinator:
     def list_groups(self, states: Iterable[str] | None = None) -> list[tuple[str, str, GroupState]]:
         """(group id, protocol type, state) of every group, live or with offsets only."""
         out = {gid: (gid, g.protocol_type or "", g.state) for gid, g in self.groups.items()
-               if g.state is not S.DEAD}
+               if g.state is not GroupState.DEAD}
         for gid in self.store.groups():
-            out.setdefault(gid, (gid, "", S.EMPTY))
+            out.setdefault(gid, (gid, "", GroupState.EMPTY))
         wanted = {s.lower() for s in states} if states else None
         return [row for gid, row in sorted(out.items())
                 if wanted is None or row[2].value.lower() in wanted]
@@ -985,11 +770,11 @@ class Coordinator:
     def describe_group(self, group_id: str) -> GroupDescription | None:
         """None when the group neither lives nor has offsets."""
         g = self.groups.get(group_id)
-        if g is None or g.state is S.DEAD:
+        if g is None or g.state is GroupState.DEAD:
             if self.store.has_group(group_id):
-                return GroupDescription(group_id, S.EMPTY, "", "", 0, "", [])
+                return GroupDescription(group_id, GroupState.EMPTY, "", "", 0, "", [])
             return None
-        stable = g.state is S.STABLE
+        stable = g.state is GroupState.STABLE
         members = [MemberDescription(m.member_id, m.instance_id, m.client_id, m.client_host,
                                      m.protocols.get(g.protocol_name or "", b"") if stable else b"",
                                      m.assignment if stable else b"")
@@ -1005,8 +790,8 @@ class Coordinator:
                 out[gid] = Err.NOT_COORDINATOR
                 continue
             g = self.groups.get(gid)
-            live = g is not None and g.state is not S.DEAD
-            if live and (g.members or g.pending or g.state is not S.EMPTY):
+            live = g is not None and g.state is not GroupState.DEAD
+            if live and (g.members or g.pending or g.state is not GroupState.EMPTY):
                 out[gid] = Err.NON_EMPTY_GROUP
                 continue
             if not live and not self.store.has_group(gid):
@@ -1019,7 +804,7 @@ class Coordinator:
                 out[gid] = Err.UNKNOWN_SERVER_ERROR
                 continue
             if live:
-                self._transition(g, E.DELETE)
+                self._transition(g, Event.DELETE)
                 if g.timer is not None:
                     g.timer.cancel()
                 del self.groups[gid]
@@ -1043,6 +828,6 @@ class Coordinator:
                 _call(w, JoinResult(Err.NOT_COORDINATOR, m.member_id))
                 w, m.sync_waiter = m.sync_waiter, None
                 _call(w, SyncResult(Err.NOT_COORDINATOR))
-            if g.state is not S.DEAD:
-                self._transition(g, E.SHUTDOWN)
+            if g.state is not GroupState.DEAD:
+                self._transition(g, Event.SHUTDOWN)
         self.groups.clear()
