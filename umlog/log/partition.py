@@ -8,7 +8,7 @@ segment:
 
 - ``append`` (one record) adds to an open native ``BatchBuilder``. The open
   batch is sealed (built, written) when it reaches ``batch_bytes``, when any
-  reader, ``flush``, ``sync``, ``append_many`` or ``close`` needs it, when the
+  reader, ``flush``, ``sync_through``, ``append_many`` or ``close`` needs it, when the
   broker's flusher finds it older than ``linger_ms``, and at once under
   ``fsync="always"``. Its records already have offsets; readers in this
   process seal it before reading, so they see every appended record.
@@ -26,6 +26,13 @@ Durability: with ``fsync="always"`` ``append*`` return after an fdatasync that
 covers them (group commit: one fdatasync serves every thread that appended
 before it started), except on the thread named by ``hooks.defer_thread``,
 whose owner waits on ``sync_through`` itself (the server's event loop).
+
+Durability has three words: ``seal`` writes the open batch to the segment
+(page cache: readers see it, a crash of this process keeps it);
+``sync_through(offset)`` returns once every offset below ``offset`` is on
+disk (the group commit); ``flush()`` is ``sync_through`` of everything (the
+public one; ``flush(durable=False)`` only seals). A segment's own ``sync`` is
+the fdatasync of its file.
 
 Opening the directory and recovering a torn tail is ``loader.py``'s; the
 idempotent producers' state is ``producer_state.py``'s.
@@ -520,16 +527,13 @@ class Partition:
                 seg = dirty[-1]
                 self.recovery_point.write(seg.base_offset, seg.synced_size)
 
-    def sync(self) -> None:
-        """Seal and fdatasync everything appended so far."""
-        if self.writable:
-            self.sync_through(self._open.next_offset)
-
     def flush(self, durable: bool = True) -> None:
+        """Make everything appended so far durable (``durable=False``: only write the
+        open batch to the page cache)."""
         if not self.writable:
             return
         if durable:
-            self.sync()
+            self.sync_through(self._open.next_offset)
         else:
             self.seal()
 
@@ -712,7 +716,7 @@ class Partition:
         if self.writable and self.segments:
             with self.lock:
                 self._seal()
-            self.sync()
+            self.flush()
             self.recovery_point.write(self.active.base_offset, self.active.size)
             if self._pstate is not None:
                 self._pstate.write_snapshot(self.end_offset, durable=self.fsync != "never")
