@@ -156,3 +156,30 @@ def test_the_readme_table_is_the_one_the_code_makes():
         text = f.read()
     block = text.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
     assert block == reference(all_settings()), "regenerate the README's settings table from reference()"
+
+
+def test_cleaner_interval_runs_retention_in_a_running_server(tmp_path):
+    """``--cleaner-interval-ms``: the engine's background cleaner at that pace (Kafka's
+    log.retention.check.interval.ms); retention deletes the first segment while serving."""
+    import os
+
+    from helpers import wait_until
+
+    import umlog
+    from umlog._native.core import encode_batch
+
+    from .kafka.serve_process import ServeProcess
+
+    data = str(tmp_path / "data")
+    with umlog.open(data, cleaner_interval_ms=None) as b:
+        p = b.create_topic("r", config={"segment.bytes": 4096, "retention.bytes": 600}).partition(0)
+        for _ in range(5):
+            p.append_batches(encode_batch([b"x" * 100] * 10, [None] * 10))
+            p.roll()
+    first = os.path.join(data, "r-0", "00000000000000000000.log")
+    assert os.path.exists(first)
+    s = ServeProcess(data, "--cleaner-interval-ms", "100")
+    try:
+        wait_until(lambda: not os.path.exists(first), 30, "retention deleting the first segment")
+    finally:
+        assert s.stop() == 0, s.stderr_text()

@@ -56,7 +56,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
     server = settings.table("server")
-    broker = umlog.open(server["data_dir"], fsync=server["fsync"])
+    broker = umlog.open(server["data_dir"], fsync=server["fsync"], cleaner_interval_ms=server["cleaner_interval_ms"])
     hub = None
     doors: list = []
     try:

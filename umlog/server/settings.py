@@ -129,6 +129,10 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("server", "group_initial_rebalance_delay_ms", "int", 3000,
             "How long a new consumer group's first round waits for more members (as Kafka).",
             flag="--group-initial-rebalance-delay-ms", min=0, max=300_000),
+    Setting("server", "cleaner_interval_ms", "int", 30_000,
+            "How often the background cleaner runs retention and compaction; 0 never "
+            "(Kafka's log.retention.check.interval.ms).",
+            flag="--cleaner-interval-ms", min=0, max=_INT31),
 )
 
 
