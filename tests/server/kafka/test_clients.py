@@ -282,11 +282,15 @@ def test_refused_batch_stores_nothing(server):
 
 def test_fsync_always_acks_after_group_commit_and_restart_keeps_data(tmp_path):
     ck = pytest.importorskip("confluent_kafka")
+    # Imported here: ``confluent_kafka.admin`` is an attribute of the package only
+    # once some code imported it, which depends on the order tests run in.
+    from confluent_kafka.admin import AdminClient, NewTopic
+
     data = str(tmp_path / "data")
     s = ServeProcess(data, "--fsync", "always", "--no-auto-create")
     try:
-        admin = ck.admin.AdminClient({"bootstrap.servers": s.bootstrap})
-        admin.create_topics([ck.admin.NewTopic("dur", num_partitions=1, replication_factor=1)])["dur"].result()
+        admin = AdminClient({"bootstrap.servers": s.bootstrap})
+        admin.create_topics([NewTopic("dur", num_partitions=1, replication_factor=1)])["dur"].result()
         p = ck.Producer({"bootstrap.servers": s.bootstrap, "acks": "all", "linger.ms": 1})
         for i in range(2000):
             p.produce("dur", b"r%d" % i)
