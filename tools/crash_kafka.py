@@ -16,9 +16,12 @@ and every segment on disk is scanned with CRC checks. It checks:
   off; ``--no-tear`` skips that;
 * and it counts duplicates (a value stored at more than one offset: a batch
   written but not yet acknowledged when the server died, sent again by the
-  producer after the restart; umlog does not rebuild idempotent-producer
-  state from the log, see handlers/produce.py) and records stored but never
-  acknowledged (same cause, or acks lost with the connection).
+  producer after the restart). With the idempotent producer there must be
+  none: each partition keeps its producers' last batches (snapshots at rolls,
+  the batches after the newest one replayed after a crash), so a retry is
+  answered with its original offsets; ``--segment-bytes`` small makes the
+  retries straddle rolls. It also counts records stored but never
+  acknowledged (acks lost with the connection).
 
 Modes: ``--fsync always`` with ``acks=all`` and idempotence (the durable
 contract), or ``--fsync never`` with ``acks=1`` (what reached the page cache
@@ -221,7 +224,8 @@ def watermarks(bootstrap: str, partitions: int) -> list[int]:
 
 def run(workdir: str, *, cycles: int = 3, fsync: str = "always", acks: str = "all", partitions: int = 4,
         producers: int = 2, size: int = 100, rate: int = 0, min_up: float = 0.5, max_up: float = 1.5,
-        down: float = 0.2, tear: bool = True, seed: int | None = None, log=print) -> dict:
+        down: float = 0.2, tear: bool = True, seed: int | None = None, segment_bytes: int | None = None,
+        log=print) -> dict:
     """Run ``cycles`` kill/restart cycles; returns the counts (raises AssertionError on a violation)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -234,7 +238,9 @@ def run(workdir: str, *, cycles: int = 3, fsync: str = "always", acks: str = "al
     torn = 0
     try:
         admin = AdminClient({"bootstrap.servers": server.bootstrap, "log_level": 2})
-        admin.create_topics([NewTopic(TOPIC, num_partitions=partitions, replication_factor=1)])[TOPIC].result(30)
+        config = {"segment.bytes": str(segment_bytes)} if segment_bytes else {}
+        admin.create_topics([NewTopic(TOPIC, num_partitions=partitions, replication_factor=1,
+                                      config=config)])[TOPIC].result(30)
         idempotent = acks == "all"
         threads = [ProducerThread(i, server.bootstrap, partitions, acks, idempotent, size, rate)
                    for i in range(producers)]
@@ -318,13 +324,16 @@ def main() -> None:
     ap.add_argument("--max-up", type=float, default=2.0)
     ap.add_argument("--no-tear", action="store_true", help="do not append torn/corrupt batches after each kill")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--segment-bytes", type=int, default=None,
+                    help="the topic's segment.bytes (more than librdkafka's 1 MB batch.size)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
     a = ap.parse_args()
     acks = a.acks or ("all" if a.fsync == "always" else "1")
     work = tempfile.mkdtemp(prefix="umlog-crash-")
     try:
         r = run(work, cycles=a.cycles, fsync=a.fsync, acks=acks, partitions=a.partitions, producers=a.producers,
-                size=a.size, rate=a.rate, min_up=a.min_up, max_up=a.max_up, tear=not a.no_tear, seed=a.seed)
+                size=a.size, rate=a.rate, min_up=a.min_up, max_up=a.max_up, tear=not a.no_tear, seed=a.seed,
+                segment_bytes=a.segment_bytes)
         print(" ".join(f"{k}={v}" for k, v in r.items()))
         print("OK: every acknowledged record is at its acknowledged offset")
     finally:
