@@ -29,7 +29,7 @@ class LineDoor(Door):
         host, port = self._server.sockets[0].getsockname()[:2]
         return f"{host}:{port}"
 
-    def stop_accepting(self) -> None:
+    async def drain(self) -> None:
         self._server.close()
 
     async def close(self) -> None:

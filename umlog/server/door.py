@@ -13,8 +13,9 @@ Lifecycle, driven by ``umlog.server.runner``::
     door = Door(hub, settings.table(door.name))
     address = await door.start()   # listening; "host:port" actually bound
     ...                            # serving
-    door.stop_accepting()          # shutdown: no new connections
-    await door.close()             # after the hub drained in-flight requests
+    await door.drain()             # shutdown: no new connections; the hub answers held
+                                   # requests and waits for in-flight ones
+    await door.close()             # then the listener goes for good
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ class Door(abc.ABC):
         """Start listening; return the address actually bound, ``host:port``."""
 
     @abc.abstractmethod
-    def stop_accepting(self) -> None:
-        """Shutdown begins: accept no new connection (held requests are answered
-        by the hub's ``wake_all``)."""
+    async def drain(self) -> None:
+        """Shutdown begins: accept no new connection. Requests the hub holds (long
+        polls, group joins) are answered by its ``wake_all``; a door holding
+        requests of its own answers them here."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -354,7 +354,7 @@ class Hub:
         self.shutting_down = True
         doors = list(doors)
         for d in doors:
-            d.stop_accepting()
+            await d.drain()
         self.wake_all()
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(not c.idle for c in list(self.connections)):

@@ -124,7 +124,7 @@ class KafkaDoor(Door):
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         return f"{shown}:{bound_port}"
 
-    def stop_accepting(self) -> None:
+    async def drain(self) -> None:
         if self._server is not None:
             self._server.close()
 
