@@ -107,6 +107,41 @@ class AppendHooks:
         return self.defer_thread is None or threading.get_ident() != self.defer_thread
 
 
+class ReadCursor:
+    """A reader's place in a partition: the segment it reads, the byte position
+    in it, and the next offset it expects. ``read``, ``read_table`` and the
+    followers walk the log with it, so moving across segments (rolled,
+    compacted, deleted by retention meanwhile) is done in one place.
+
+    The reader decodes from ``seg`` at ``pos`` and advances ``pos`` and
+    ``offset``; at the end of what it has of ``seg`` it calls ``move_on``.
+    """
+
+    __slots__ = ("p", "seg", "pos", "offset")
+
+    def __init__(self, p: Partition, offset: int) -> None:
+        self.p = p
+        self.offset = offset
+        self.seg = p._segment_at(offset)
+        found = self.seg.find_position(offset)
+        self.pos = found[0] if found else self.seg.size
+
+    def move_on(self) -> bool | None:
+        """At ``pos``, the end of what was read of ``seg``: True when the cursor moved
+        to the next segment, False when ``seg`` grew meanwhile (read on), None at
+        the end of the log. Raises OffsetOutOfRangeError if retention deleted
+        what the reader was about to reach."""
+        nxt, self.offset = self.p._next_segment(self.seg, self.offset, self.pos)
+        if nxt is None:
+            return None
+        if nxt is self.seg:
+            return False
+        self.seg = nxt
+        found = nxt.find_position(self.offset)
+        self.pos = found[0] if found else nxt.size
+        return True
+
+
 class Partition:
     """One partition directory ``DATA/<topic>-<index>/``."""
 
@@ -613,6 +648,15 @@ class Partition:
             end_offset; also raised mid-iteration if retention deleted the
             records the reader was about to reach.
         """
+        c = self.cursor(offset)
+        remaining = -1 if max_records is None else max_records
+        if follow:
+            return tailing.follow(self, c.offset, remaining, timeout)
+        return self._read(c, remaining)
+
+    def cursor(self, offset: int | None = None) -> ReadCursor:
+        """A reader's starting place at ``offset`` (default: start_offset): the open
+        batch sealed, a tailer refreshed, the range checked (OffsetOutOfRangeError)."""
         if self._open.count:
             self.seal()
         if not self.writable:
@@ -620,50 +664,33 @@ class Partition:
         if offset is None:
             offset = self.start_offset
         self._check_range(offset)
-        if follow:
-            return tailing.follow(self, offset, -1 if max_records is None else max_records, timeout)
-        return self._read(offset, -1 if max_records is None else max_records)
+        return ReadCursor(self, offset)
 
-    def _prepare_read(self, offset: int) -> None:
-        """What read() does before reading: seal, refresh, check the range."""
-        if self._open.count:
-            self.seal()
-        if not self.writable:
-            self.refresh()
-        self._check_range(offset)
-
-    def _read(self, offset: int, remaining: int, progress: list | None = None) -> Iterator:
-        """The generator behind read(); at the end of the log it stores in
-        ``progress[0]`` the offset it read up to (followers resume there)."""
+    def _read(self, c: ReadCursor, remaining: int, progress: list | None = None) -> Iterator:
+        """The generator behind read(), from cursor ``c``; at the end of the log it
+        stores in ``progress[0]`` the offset it read up to (followers resume there)."""
         topic, index = self.topic, self.index
-        seg = self._segment_at(offset)
-        found = seg.find_position(offset)
-        pos = found[0] if found else seg.size
         while remaining != 0:
-            if pos >= seg.size:
-                nxt, offset = self._next_segment(seg, offset, pos)
-                if nxt is None:
+            if c.pos >= c.seg.size:
+                if c.move_on() is None:
                     if progress is not None:
-                        progress[0] = offset
+                        progress[0] = c.offset
                     return
-                if nxt is not seg:
-                    seg = nxt
-                    found = seg.find_position(offset)
-                    pos = found[0] if found else seg.size
                 continue
+            seg, pos = c.seg, c.pos
             chunk = seg.read(pos, READ_CHUNK)
-            records, used = decode_records(chunk, 0, len(chunk), offset, remaining, topic, index)
+            records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index)
             if used == 0 and not records:
                 info = batch_info(chunk, 0) if len(chunk) >= BATCH_HEADER_SIZE else seg.batch_info_at(pos)
                 if info.size <= len(chunk):
                     return  # cannot happen for a valid log: nothing decodable
                 chunk = seg.read(pos, info.size)
-                records, used = decode_records(chunk, 0, len(chunk), offset, remaining, topic, index)
+                records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index)
                 if used == 0 and not records:
                     return  # the writer is mid-way through this batch (tailers)
-            pos += used
+            c.pos += used
             if records:
-                offset = records[-1].offset + 1
+                c.offset = records[-1].offset + 1
                 if remaining > 0:
                     remaining -= len(records)
                 yield from records

@@ -127,44 +127,32 @@ def iter_record_batches(p, offset: int | None = None, max_records: int | None = 
 
     :raises OffsetOutOfRangeError: offset below the start or past the end.
     """
-    p.seal()
-    if not p.writable:
-        p.refresh()
-    if offset is None:
-        offset = p.start_offset
-    p._check_range(offset)
+    c = p.cursor(offset)
     remaining = -1 if max_records is None else max_records
     if remaining == 0:
         return
-    seg = p._segment_at(offset)
-    found = seg.find_position(offset)
-    pos = found[0] if found else seg.size
     data = None
     try:
         while remaining != 0:
-            if data is None or data.seg is not seg:
+            if data is None or data.seg is not c.seg:
                 if data is not None:
                     data.close()
-                data = _SegmentBytes(seg, p.writable or seg is not p.segments[-1])
-            if pos >= data.end:
-                nxt, offset = p._next_segment(seg, offset, pos)
-                if nxt is None:
+                data = _SegmentBytes(c.seg, p.writable or c.seg is not p.segments[-1])
+            if c.pos >= data.end:
+                moved = c.move_on()
+                if moved is None:
                     return
-                if nxt is seg:  # it grew: map what is there now
+                if moved is False:  # it grew: map what is there now
                     data.close()
                     data = None
-                else:
-                    seg = nxt
-                    found = seg.find_position(offset)
-                    pos = found[0] if found else seg.size
                 continue
-            used, n, cols = data.decode(pos, chunk_bytes, offset, remaining)
-            if used == pos and n == 0:
+            used, n, cols = data.decode(c.pos, chunk_bytes, c.offset, remaining)
+            if used == c.pos and n == 0:
                 return  # the writer is mid-way through this batch (tailers)
-            pos = used
+            c.pos = used
             if n:
                 batch = _record_batch(n, cols)
-                offset = batch.column(0)[n - 1].as_py() + 1
+                c.offset = batch.column(0)[n - 1].as_py() + 1
                 if remaining > 0:
                     remaining -= n
                 yield batch

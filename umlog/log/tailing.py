@@ -120,7 +120,7 @@ def follow(p, offset: int, remaining: int, timeout: float | None) -> Iterator:
     idle = None if timeout is None else max(0.0, float(timeout))
     deadline = None if idle is None else time.monotonic() + idle
     while True:
-        p._prepare_read(offset)
+        c = p.cursor(offset)
         # Where this pass ends: the end of what the segments hold, which can
         # be less than end_offset (records in the open batch, or in a batch
         # another thread is writing). Waiting resumes there, so nothing
@@ -128,7 +128,7 @@ def follow(p, offset: int, remaining: int, timeout: float | None) -> Iterator:
         # below it are not waited for again.
         progress = [offset]
         got = False
-        for r in p._read(offset, remaining, progress):
+        for r in p._read(c, remaining, progress):
             yield r
             got = True
             offset = r.offset + 1
