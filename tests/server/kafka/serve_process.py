@@ -49,7 +49,7 @@ class ServeProcess:
                 return
         self.proc.kill()
         self.proc.wait()
-        self._t.join(2)
+        self._t.join(scaled(2))
         self.proc.stdout.close()
         self.proc.stderr.close()
         raise RuntimeError(f"umlog serve did not get ready: {line!r}\n{self.stderr_text()}")
@@ -80,7 +80,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._t.join(2)
+        self._t.join(scaled(2))
         for f in (self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
