@@ -293,6 +293,12 @@ class Broker:
         atomic_write_json(cluster, {"cluster_id": uuid.uuid4().hex[:22], "format": FORMAT_VERSION})
         # A brand-new data dir has nothing to recover.
         open(os.path.join(self.path, ".clean"), "wb").close()
+        # meta/ and .clean in the data dir, the data dir in its parent.
+        fsync_dir(self.path)
+        try:
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:  # a parent we may not open (permissions): the data dir's own entries are safe
+            pass
 
     def _load_topics(self) -> None:
         metas = {}
@@ -348,6 +354,13 @@ class Broker:
                     shutil.rmtree(p.directory, ignore_errors=True)
             raise
         return parts
+
+    def _sync_new_dirs(self) -> None:
+        """Make new partition folders' entries durable (the data dir's fsync); their
+        files' entries are synced by each partition's first group commit. Under
+        fsync="never" nothing is promised, and nothing is fsync'd."""
+        if self.fsync != "never":
+            fsync_dir(self.path)
 
     # -- topics ----------------------------------------------------------------------
 
@@ -420,6 +433,7 @@ class Broker:
             atomic_write_json(meta, m)
             try:
                 parts = self._open_partitions(name, range(partitions), cfg, True, new=True)
+                self._sync_new_dirs()
             except BaseException:
                 # Undone, so a restart does not try (and fail) again: a crash
                 # here instead leaves the meta, and the restart creates the rest.
@@ -445,6 +459,9 @@ class Broker:
                 d = p.directory
                 if os.path.isdir(d):
                     os.rename(d, d + "." + uuid.uuid4().hex[:8] + ".deleting")
+            # The renames are durable before the meta goes: a power cut must not
+            # bring back a partition folder whose topic is gone.
+            fsync_dir(self.path)
             os.unlink(self._meta(f"topic-{name}.json"))
             fsync_dir(self._meta())
             for entry in os.listdir(self.path):
@@ -479,6 +496,7 @@ class Broker:
             m = {"name": name, "id": t.id, "partitions": total, "config": _jsonable(t.config.overrides)}
             added = self._open_partitions(name, range(t.num_partitions, total), t.config, True, new=True)
             try:
+                self._sync_new_dirs()
                 atomic_write_json(self._meta(f"topic-{name}.json"), m)
             except BaseException:
                 for p in added:

@@ -62,6 +62,7 @@ from .._native.core import (
 from ..config import TopicConfig
 from ..errors import CorruptBatchError, DecodeError, OffsetOutOfRangeError, ReadOnlyError
 from . import cleaner, tailing
+from .files import fsync_dir
 from .loader import RecoveryPoint, load_segments
 from .producer_state import ProducerStateManager, seq_add
 from .segment import LogSegment
@@ -183,9 +184,16 @@ class Partition:
         # Idempotent producers' state (producer_state.py): loaded on first use,
         # then kept current by append_batches and snapshotted at rolls and close.
         self._pstate: ProducerStateManager | None = None
+        # A file was created in the directory since its last fsync (a rolled
+        # segment; a new partition's first one): sync_through fsyncs it.
+        self._dir_unsynced = False
         if writable:
             os.makedirs(directory, exist_ok=True)
         self._load(clean)
+        # An empty active segment may have just been created (a new partition,
+        # or one whose every segment recovery dropped): its entry is synced
+        # with the first group commit.
+        self._dir_unsynced = writable and bool(self.segments) and self.segments[-1].size == 0
         self._open.next_offset = self.segments[-1].next_offset if self.segments else 0
         self.flushed_offset = self._open.next_offset
         self.start_offset = self._first_offset()
@@ -453,6 +461,10 @@ class Partition:
             new.delete()
             raise
         self.segments.append(new)
+        # The new files' directory entries are durable only once the directory
+        # is fsync'd: the next group commit does it before it acknowledges
+        # anything written to them (one directory fsync per roll, not per batch).
+        self._dir_unsynced = True
         if synced:
             self.recovery_point.write(new.base_offset, 0)
         if self._pstate is not None:
@@ -541,8 +553,9 @@ class Partition:
             with self.lock:
                 self._seal()
                 target = self._open.next_offset
-                # Segments rolled without a sync (fsync="never" rolls; the door
-                # opens the engine that way and group-commits itself) come too.
+                dir_unsynced, self._dir_unsynced = self._dir_unsynced, False
+                # Segments rolled without a sync (fsync="never" rolls, then a
+                # flush) come too.
                 dirty = []
                 for s in reversed(self.segments):
                     if s.synced_size == s.size and s is not self.active:
@@ -550,8 +563,14 @@ class Partition:
                     if s.synced_size < s.size:
                         dirty.append(s)
                 dirty.reverse()
-            for seg in dirty:
-                seg.sync()  # fdatasync: releases the GIL; appends continue meanwhile
+            try:
+                for seg in dirty:
+                    seg.sync()  # fdatasync: releases the GIL; appends continue meanwhile
+                if dir_unsynced:
+                    fsync_dir(self.directory)  # entries of segments created since the last one
+            except BaseException:
+                self._dir_unsynced = self._dir_unsynced or dir_unsynced
+                raise
             self.flushed_offset = max(self.flushed_offset, target)
             # The recovery point only bounds how much a restart re-validates,
             # so it is recorded at most every RP_INTERVAL_S, not per sync
