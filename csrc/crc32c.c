@@ -8,9 +8,10 @@
  * computed in parallel and merged by "shifting" a lane's CRC over the length
  * of the following lane: appending n zero bytes to a message is a linear map
  * of the 32-bit register, precomputed here as four 256-entry tables per lane
- * length (umlog_shift_*). Measured on the 2-core x86-64 dev VM (gcc -O3,
- * /tmp harness timing umlog_crc32c vs a single-chain loop, best of 2 noisy
- * runs): 16 MiB 11.7 vs 8.3 GB/s, 1 KiB 63 vs 99 ns; slicing-by-8 2.1 GB/s.
+ * length (umlog_shift_*). Measured on a 2-core x86-64 machine (gcc -O3, the
+ * three lanes vs a single chain, best of 2 noisy runs): 16 MiB 11.7 vs 8.3 GB/s,
+ * 1 KiB 63 vs 99 ns; slicing-by-8 2.1 GB/s. `python bench/micro.py --only crc32c`
+ * gives the hardware and table rows.
  */
 #include "crc32c.h"
 

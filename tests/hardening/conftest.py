@@ -1,4 +1,4 @@
-"""Hardening tests: crash loops, fuzzing, limits, disk full, soak (issue 6).
+"""Hardening tests: crash loops, fuzzing, limits, disk full, soak.
 
 The drivers live in ``tools/`` (long runs from the command line, see
 tools/README.md); these tests run short versions of them, so ``tools/`` is put

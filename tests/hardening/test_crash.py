@@ -46,6 +46,7 @@ def test_torn_tails_are_cut_and_never_served(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 15 cycles of ~2 s plus the read-back of ~3M records; ~2 min measured
 def test_crash_loop_long(tmp_path):
     r = crash_kafka.run(str(tmp_path), cycles=15, fsync="always", acks="all", partitions=8, producers=3,
                         segment_bytes=1 << 20, log=lambda *a: None)

@@ -28,9 +28,13 @@ def test_fuzz_short_run(tmp_path):
     assert set(r["kinds"]) == {"raw", "header", "request", "produce", "length"}, r
 
 
+FUZZ_SECONDS = float(os.environ.get("UMLOG_FUZZ_SECONDS", "300"))
+
+
 @pytest.mark.fuzz
+@pytest.mark.timeout(int(FUZZ_SECONDS) + 300)  # the run, plus room for the start and the final checks
 def test_fuzz_long_run(tmp_path):
-    r = fuzz_kafka.run(str(tmp_path), seconds=float(os.environ.get("UMLOG_FUZZ_SECONDS", "300")), log=print)
+    r = fuzz_kafka.run(str(tmp_path), seconds=FUZZ_SECONDS, log=print)
     print(r)
 
 

@@ -40,6 +40,7 @@ def test_soak(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 600 s of traffic, then the end-to-end check
 def test_soak_long(tmp_path):
     r = soak.run(str(tmp_path), seconds=600, producers=3, consumers=4, partitions=12, rate=20000, churn=30,
                  log=print)

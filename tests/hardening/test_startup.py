@@ -87,6 +87,7 @@ def test_index_map_is_not_read_ahead(data_dir, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_startup_with_1000_partitions_clean_and_unclean(tmp_path):
     """tools/startup_time.py at its default size (10 topics x 100 partitions)."""
     import startup_time

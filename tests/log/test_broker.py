@@ -1,4 +1,4 @@
-"""The embedded API of DESIGN.md, end to end on a real data dir."""
+"""The embedded API (the contract the README shows), end to end on a real data dir."""
 
 import os
 import subprocess

@@ -392,10 +392,10 @@ cdef class KeyMap:
     2/3 full: 32 bytes a slot, so 48 to 96 bytes per distinct key. Two keys
     with equal h1 and different h2 are a collision: the slot is marked, and
     the cleaner keeps every record of such keys (a collision costs
-    compaction, never data). Measured on the dev VM, 1.5M records of 100k
-    keys: a numpy map (argsort by h1, reduceat) took ~0.3-0.45 s, this one
-    ~0.1 s (~14M records/s, a loaded machine). Whole cleanings: see
-    bench/compaction.py. Not thread-safe.
+    compaction, never data). Measured once, 1.5M records of 100k keys on a
+    loaded 2-core machine: a numpy map (argsort by h1, reduceat) took
+    ~0.3-0.45 s, this one ~0.1 s (~14M records/s); the numpy variant is not
+    kept in the repository. Whole cleanings: ``python bench/compaction.py``. Not thread-safe.
     """
 
     cdef KeySlot *slots

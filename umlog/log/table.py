@@ -42,8 +42,9 @@ SCHEMA = pa.schema(
 
 # Bytes of whole batches decoded per native call (and per RecordBatch of the
 # result). Measured, best of 5 after warm-up, 1M records of 100 bytes
-# (/tmp/chunk.py on the dev VM, load ~2): 1 MiB 33-40, 4 MiB 47, 8 MiB 48-50,
-# 16 MiB 49, 32 MiB 47-49 M records/s.
+# (``python bench/micro.py --only read_table``, load ~2): 1 MiB 33-40, 4 MiB 47,
+# 8 MiB 48-50, 16 MiB 49, 32 MiB 47-49 M records/s; on a busier machine 20, 26,
+# 24, 23, 23 mapped.
 TABLE_CHUNK = 8 << 20
 
 
@@ -78,9 +79,10 @@ class _SegmentBytes:
     and retention rename or unlink, which leaves a mapping valid). A tailer's
     active segment may be cut by a restarting writer's recovery: a mapped page
     past the new end would be SIGBUS, so it is read with pread.
-    Measured on the dev VM: pread copies at ~2.6 GB/s into a buffer that is
-    often fresh (page faults); a mapping of page-cache pages costs next to
-    nothing (/tmp/rt4.py, 8 MiB chunks of 100-byte records).
+    Measured: pread copies at ~2.6 GB/s into a buffer that is often fresh
+    (page faults); a mapping of page-cache pages costs next to nothing
+    (``python bench/micro.py --only read_table``: the mmap rows against the
+    pread rows, 8 MiB chunks of 100-byte records: 24 vs 19 M records/s).
     """
 
     def __init__(self, seg, mapped: bool) -> None:
