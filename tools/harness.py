@@ -77,7 +77,8 @@ class Server:
                  log_path: str | None = None) -> None:
         self.data_dir = data_dir
         self.args = list(args)
-        self.port = port or free_port()
+        # port=0: the OS picks one (read back from the ready line; kept for restarts).
+        self.port = free_port() if port is None else port
         self.env = env
         self.log_path = log_path or (os.path.abspath(data_dir).rstrip("/") + ".server.log")
         self.proc: subprocess.Popen | None = None
@@ -114,7 +115,9 @@ class Server:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            if READY.search(line):
+            m = READY.search(line)
+            if m:
+                self.port = int(m.group(1))
                 self.startup_s = time.monotonic() - t0
                 return self
         self.kill()
