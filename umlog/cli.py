@@ -86,12 +86,13 @@ def serve(config_file: str | None, **options: Any) -> None:
 
 # The operator's subcommands (umlog/commands/): light modules (click only at
 # import), one line each.
-from umlog.commands import bench, consume, dump, export, produce, topics  # noqa: E402
+from umlog.commands import bench, check, consume, dump, export, produce, topics  # noqa: E402
 
 main.add_command(topics.topics)
 main.add_command(produce.produce)
 main.add_command(consume.consume)
 main.add_command(dump.dump)
+main.add_command(check.check)
 main.add_command(export.export)
 main.add_command(bench.bench)
 from umlog.commands import groups  # noqa: E402  (umlog groups list|describe)

@@ -247,8 +247,9 @@ cdef object pack_validity(GrowBuf *g):
 
 
 def decode_columns(buf, Py_ssize_t pos=0, Py_ssize_t end=-1, int64_t min_offset=0,
-                   Py_ssize_t max_records=-1):
-    """Decode whole batches from pos into the buffers of Arrow columns.
+                   Py_ssize_t max_records=-1, bint check_crc=False):
+    """Decode whole batches from pos into the buffers of Arrow columns
+    (``check_crc``: CorruptBatchError on a batch whose CRC32C does not match).
 
     Same batches, records, skipping and stopping rules as decode_records
     (control batches and records below min_offset skipped; a batch cut off by
@@ -302,7 +303,7 @@ def decode_columns(buf, Py_ssize_t pos=0, Py_ssize_t end=-1, int64_t min_offset=
             size = <Py_ssize_t>blen + C_LOG_OVERHEAD
             if size > avail:
                 break
-            check_batch(base, pos, end, False, &h)
+            check_batch(base, pos, end, check_crc, &h)
             if (h.attributes & C_ATTR_CONTROL) or (
                     h.base_offset + h.last_offset_delta < min_offset):
                 pos += size

@@ -326,7 +326,7 @@ class TopicAppender:
 # --- decode into Arrow buffers (columns.pyx) ----------------------------------------
 
 def decode_columns(
-    buf: Buffer, pos: int = 0, end: int = -1, min_offset: int = 0, max_records: int = -1
+    buf: Buffer, pos: int = 0, end: int = -1, min_offset: int = 0, max_records: int = -1, check_crc: bool = False
 ) -> tuple[int, int, tuple]:
     """Decode whole batches from pos into the buffers of Arrow columns, with the
     batches, skipping and stopping rules of decode_records; the records are

@@ -698,15 +698,20 @@ class Partition:
                 continue
             seg, pos = c.seg, c.pos
             chunk = seg.read(pos, READ_CHUNK)
-            records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index)
-            if used == 0 and not records:
-                info = batch_info(chunk, 0) if len(chunk) >= BATCH_HEADER_SIZE else seg.batch_info_at(pos)
-                if info.size <= len(chunk):
-                    return  # cannot happen for a valid log: nothing decodable
-                chunk = seg.read(pos, info.size)
-                records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index)
+            try:
+                # CRCs checked: bytes that rotted on disk after they were
+                # written are refused, never handed out as records.
+                records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index, True)
                 if used == 0 and not records:
-                    return  # the writer is mid-way through this batch (tailers)
+                    info = batch_info(chunk, 0) if len(chunk) >= BATCH_HEADER_SIZE else seg.batch_info_at(pos)
+                    if info.size <= len(chunk):
+                        return  # cannot happen for a valid log: nothing decodable
+                    chunk = seg.read(pos, info.size)
+                    records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index, True)
+                    if used == 0 and not records:
+                        return  # the writer is mid-way through this batch (tailers)
+            except CorruptBatchError as e:
+                raise seg.corrupt(e, pos) from None
             c.pos += used
             if records:
                 c.offset = records[-1].offset + 1

@@ -366,6 +366,12 @@ class LogSegment:
 
     # -- reading -------------------------------------------------------------------
 
+    def corrupt(self, e: CorruptBatchError, base: int) -> CorruptBatchError:
+        """``e``, raised on bytes read from this segment at file position ``base``,
+        restated with the segment's path and the batch's file position."""
+        at = base + max(getattr(e, "position", 0) or 0, 0)
+        return CorruptBatchError(f"{self.log_path}: corrupt batch at byte {at}: {e}", at)
+
     def batch_info_at(self, position: int):
         """The header of the batch at ``position`` (one read of the header's bytes;
         DecodeError if fewer are written)."""

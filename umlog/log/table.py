@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from .._native.core import BATCH_HEADER_SIZE, batch_info, decode_columns
-from ..errors import OffsetOutOfRangeError
+from ..errors import CorruptBatchError, OffsetOutOfRangeError
 
 __all__ = ["SCHEMA", "read_table", "iter_record_batches", "export_parquet", "TABLE_CHUNK"]
 
@@ -99,7 +99,10 @@ class _SegmentBytes:
             buf, base = self.map, 0
         else:
             buf, base = self.seg.read(pos, end - pos), pos
-        used, n, cols = decode_columns(buf, pos - base, end - base, offset, remaining)
+        try:
+            used, n, cols = decode_columns(buf, pos - base, end - base, offset, remaining, True)
+        except CorruptBatchError as e:
+            raise self.seg.corrupt(e, base) from None
         used += base
         if used == pos and n == 0:
             # One batch larger than a chunk, or a batch the writer has not finished.
@@ -112,7 +115,10 @@ class _SegmentBytes:
                 return pos, 0, None
             if self.map is None:
                 buf, base = self.seg.read(pos, size), pos
-            used, n, cols = decode_columns(buf, pos - base, pos - base + size, offset, remaining)
+            try:
+                used, n, cols = decode_columns(buf, pos - base, pos - base + size, offset, remaining, True)
+            except CorruptBatchError as e:
+                raise self.seg.corrupt(e, base) from None
             used += base
         return used, n, cols
 
