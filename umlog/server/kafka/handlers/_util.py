@@ -10,9 +10,11 @@ from typing import Any
 
 from kio.index import load_response_schema
 
-__all__ = ["response_module", "make", "ZERO_MS", "to_ms", "ms"]
+__all__ = ["response_module", "make", "ZERO_MS", "to_ms", "ms", "TRANSACTIONS_NOT_SUPPORTED"]
 
 ZERO_MS = datetime.timedelta(0)
+# The one refusal of every transactional request (with TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
+TRANSACTIONS_NOT_SUPPORTED = "transactions are not supported by umlog"
 
 _fields_cache: dict[type, frozenset[str]] = {}
 

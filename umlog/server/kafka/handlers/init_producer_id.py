@@ -1,7 +1,10 @@
 """InitProducerId (key 22): producer ids for idempotent producers.
 
 Transactions are not supported: a request with a transactional id gets
-INVALID_REQUEST (non-retriable, so the client fails at once). A request naming
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED, the refusal every transactional request
+gets here (see ``find_coordinator.py``): librdkafka and kafka-python treat it
+as fatal and fail ``init_transactions()`` at once (INVALID_REQUEST, answered
+before, made librdkafka retry until its timeout). A request naming
 a producer id and epoch we issued (v3+, KIP-360) bumps the epoch and forgets
 its sequence state; otherwise a new id with epoch 0.
 """
@@ -12,7 +15,7 @@ import logging
 
 from kio.schema.errors import ErrorCode
 
-from ._util import ZERO_MS, make, response_module
+from ._util import TRANSACTIONS_NOT_SUPPORTED, ZERO_MS, make, response_module
 
 API_KEY = 22
 API_VERSIONS = (0, 4)
@@ -24,8 +27,10 @@ async def handle_init_producer_id(ctx, req):
     door = ctx.door
     mod = response_module(ctx)
     if req.transactional_id is not None:
+        log.warning("InitProducerId for transactional id %r refused: %s", req.transactional_id,
+                    TRANSACTIONS_NOT_SUPPORTED)
         return make(mod.InitProducerIdResponse, throttle_time=ZERO_MS,
-                    error_code=ErrorCode.invalid_request, producer_id=-1, producer_epoch=-1)
+                    error_code=ErrorCode.transactional_id_authorization_failed, producer_id=-1, producer_epoch=-1)
     pid = getattr(req, "producer_id", -1)
     epoch = getattr(req, "producer_epoch", -1)
     st = door.producers.get(pid) if pid >= 0 else None
