@@ -445,3 +445,11 @@ async def test_a_retry_of_a_batch_from_before_a_roll_and_a_crash_gets_its_origin
         assert gap.responses[0].partition_responses[0].error_code == ErrorCode.out_of_order_sequence_number
     finally:
         b.close()
+
+
+async def test_metadata_for_all_topics_lists_internal_ones_marked(door, broker):
+    broker.create_topic("user")
+    broker.group("g").commit("user", 0, 0)  # creates __consumer_offsets
+    resp = await call(door, request_class(3, 12)(topics=None, allow_auto_topic_creation=False,
+                                                 include_topic_authorized_operations=False))
+    assert {t.name: t.is_internal for t in resp.topics} == {"user": False, "__consumer_offsets": True}

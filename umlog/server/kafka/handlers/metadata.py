@@ -79,7 +79,7 @@ async def handle_metadata(ctx, req):
     allow = bool(getattr(req, "allow_auto_topic_creation", True))
     entries = []
     if requested is None:
-        for name in sorted(door.broker.topics()):
+        for name in sorted(door.broker.topics(internal=True)):  # as Kafka: internal ones too, is_internal set
             try:
                 t = door.broker.topic(name)
             except errors.UnknownTopicError:  # deleted meanwhile
