@@ -466,6 +466,10 @@ class Broker:
             for entry in os.listdir(self.path):
                 if entry.endswith(".deleting"):
                     shutil.rmtree(os.path.join(self.path, entry), ignore_errors=True)
+        # As Kafka: the topic's committed offsets go with it (a topic created
+        # again under the name starts with none).
+        if "__consumer_offsets" in self._topics:
+            self.offsets.delete_topic(name)
 
     def alter_topic_config(
         self, name: str, set: Mapping[str, Any] | None = None, delete: Iterable[str] = ()

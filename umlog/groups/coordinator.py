@@ -95,6 +95,7 @@ names of Kafka's error codes); the door turns them into wire codes.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -405,7 +406,7 @@ class Coordinator:
         if not g.members:
             g.protocol_name = None
             g.leader = None
-            g.empty_since = now
+            g.empty_since = g.forget_check = now
             self._transition(g, Event.JOIN_DONE_EMPTY)
             return
         g.protocol_name = self._select_protocol(g)
@@ -584,7 +585,7 @@ class Coordinator:
         if g.pending_sync and g.sync_deadline is not None and syncing:
             ds.append(g.sync_deadline)
         if g.state is GroupState.EMPTY and not g.members and not g.pending:
-            ds.append(g.empty_since + EMPTY_GROUP_RETENTION_S)
+            ds.append(max(g.empty_since, g.forget_check) + EMPTY_GROUP_RETENTION_S)
         return min(ds) if ds else None
 
     def _reschedule(self, g: ClassicGroup) -> None:
@@ -650,14 +651,28 @@ class Coordinator:
                 self._complete_join(g)
         # An Empty group nobody uses, with no offsets: forget it.
         if (g.state is GroupState.EMPTY and not g.members and not g.pending
-                and g.empty_since + EMPTY_GROUP_RETENTION_S <= now):
+                and max(g.empty_since, g.forget_check) + EMPTY_GROUP_RETENTION_S <= now):
             if self.store.has_group(g.group_id):
-                g.empty_since = now  # it has offsets: look again later
+                g.forget_check = now  # it has offsets: look again later
             else:
                 self._transition(g, Event.DELETE)
                 self.groups.pop(g.group_id, None)
 
     # --- offsets --------------------------------------------------------------------------------
+
+    def expire_offsets(self, retention_ms: int) -> dict[str, list[tuple[str, int]]]:
+        """Kafka's offsets.retention.minutes over every group: a group with members
+        keeps its offsets; an empty one loses them ``retention_ms`` after its last
+        commit or after it became empty, whichever is later."""
+        now_s = self._now()
+        wall_ms = time.time_ns() // 1_000_000
+        live, empty_since = set(), {}
+        for gid, g in self.groups.items():
+            if g.members or g.pending or g.state not in (GroupState.EMPTY, GroupState.DEAD):
+                live.add(gid)
+            elif g.state is GroupState.EMPTY:
+                empty_since[gid] = wall_ms - int((now_s - g.empty_since) * 1000)
+        return self.store.expire(retention_ms, wall_ms, live=live, empty_since_ms=empty_since)
 
     def commit_offsets(self, group_id: str, generation: int, member_id: str, instance_id: str | None,
                        offsets: dict[tuple[str, int], OffsetAndMetadata]) -> tuple[Err, dict[tuple[str, int], Err]]:

@@ -230,6 +230,41 @@ class OffsetStore:
                 self._offsets.pop(group, None)
             return doomed
 
+    def delete_topic(self, topic: str) -> dict[str, list[TopicPartition]]:
+        """Tombstone every group's committed offsets of ``topic`` (the topic was
+        deleted, as Kafka does); returns {group: partitions} of what existed."""
+        self._refresh()
+        with self._lock:
+            doomed = {g: [tp for tp in offs if tp[0] == topic] for g, offs in self._offsets.items()}
+        out = {}
+        for g, tps in doomed.items():
+            if tps:
+                out[g] = self.delete(g, tps)
+        return out
+
+    def expire(self, retention_ms: int, now_ms: int | None = None, *, live: Iterable[str] = (),
+               empty_since_ms: Mapping[str, int] | None = None) -> dict[str, list[TopicPartition]]:
+        """Kafka's offsets.retention.minutes: every committed offset of a group
+        with no live member goes once ``retention_ms`` have passed since the
+        group's last commit, or since it became empty when that is later
+        (``empty_since_ms``, known to a running coordinator). Groups in ``live``
+        keep theirs. Returns {group: partitions} of what was deleted."""
+        now = _now_ms() if now_ms is None else now_ms
+        live = set(live)
+        empty = empty_since_ms or {}
+        self._refresh()
+        with self._lock:
+            last = {g: max(v.commit_timestamp for v in offs.values()) for g, offs in self._offsets.items() if offs}
+        out = {}
+        for g, ts in last.items():
+            if g in live:
+                continue
+            if now - max(ts, empty.get(g, 0)) >= retention_ms:
+                out[g] = self.delete(g)
+                log.info("group %r: committed offsets expired (%d partition(s), last commit %d ms ago)",
+                         g, len(out[g]), now - ts)
+        return out
+
     # -- reads -------------------------------------------------------------------------
 
     def committed(self, group: str, topic: str, partition: int) -> OffsetAndMetadata | None:

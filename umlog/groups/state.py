@@ -222,7 +222,8 @@ class ClassicGroup:
         self.initial_remaining = 0.0
         self.new_member_added = False
         self.sync_deadline: float | None = None
-        self.empty_since = now
+        self.empty_since = now  # when it last became Empty (offsets expire from here)
+        self.forget_check = now  # when an Empty group was last looked at for forgetting
         self.timer: Any = None
         self.timer_when: float | None = None
 

@@ -100,12 +100,17 @@ class Hub:
         idle_timeout_ms: int = DEFAULT_IDLE_TIMEOUT_MS,
         group_initial_rebalance_delay_ms: int = 3000,
         topic_defaults: Mapping[str, Any] | None = None,
+        offsets_retention_minutes: int = 10_080,
+        offsets_retention_check_interval_ms: int = 600_000,
     ) -> None:
         self.broker = broker
         self.max_connections = max_connections  # None: no limit
         self.idle_timeout_ms = idle_timeout_ms  # 0: never close idle connections
         self.group_initial_rebalance_delay_ms = group_initial_rebalance_delay_ms
         self.topic_defaults = dict(topic_defaults or {})
+        self.offsets_retention_ms = offsets_retention_minutes * 60_000
+        self.offsets_retention_check_s = offsets_retention_check_interval_ms / 1000
+        self._offsets_timer: asyncio.TimerHandle | None = None
         self.shutting_down = False
         self.connections: set = set()
         self.refused_total = 0
@@ -134,6 +139,21 @@ class Hub:
         self.loop = loop
         self._loop_thread = threading.get_ident()
         self.broker.defer_syncs_on(self._loop_thread)
+
+    def start_offsets_expiry(self) -> None:
+        """Look for expired committed offsets every check interval (the server calls
+        this once it serves; a hub made in tests does not run it unless asked)."""
+        if self.loop is not None and self._offsets_timer is None and not self.shutting_down:
+            self._offsets_timer = self.loop.call_later(self.offsets_retention_check_s, self._expire_offsets)
+
+    def _expire_offsets(self) -> None:
+        self._offsets_timer = None
+        try:
+            if "__consumer_offsets" in self.broker.topics(internal=True):
+                self.coordinator.expire_offsets(self.offsets_retention_ms)
+        except Exception:  # a failing disk: log, try again at the next interval
+            log.exception("expiring committed offsets failed")
+        self.start_offsets_expiry()
 
     def close(self) -> None:
         """Detach from the engine (the broker stays open: its owner closes it)."""
@@ -201,6 +221,9 @@ class Hub:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._offsets_timer is not None:
+            self._offsets_timer.cancel()
+            self._offsets_timer = None
 
     # --- the durability gate ---------------------------------------------------------------------
 

@@ -64,8 +64,11 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
         hub = Hub(broker, max_connections=max_conn if max_conn is not None else default_max_connections(),
                   idle_timeout_ms=server["idle_timeout_ms"],
                   group_initial_rebalance_delay_ms=server["group_initial_rebalance_delay_ms"],
-                  topic_defaults=settings.topic_defaults)
+                  topic_defaults=settings.topic_defaults,
+                  offsets_retention_minutes=server["offsets_retention_minutes"],
+                  offsets_retention_check_interval_ms=server["offsets_retention_check_interval_ms"])
         hub.bind(loop)
+        hub.start_offsets_expiry()
         bound = []
         for cls in door_classes():
             options = settings.table(cls.name)

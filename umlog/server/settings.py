@@ -133,6 +133,13 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
             "How often the background cleaner runs retention and compaction; 0 never "
             "(Kafka's log.retention.check.interval.ms).",
             flag="--cleaner-interval-ms", min=0, max=_INT31),
+    Setting("server", "offsets_retention_minutes", "int", 10_080,
+            "Committed offsets of a group with no member are deleted this long after its last commit "
+            "(or after it became empty, if later); Kafka's offsets.retention.minutes, 7 days.",
+            flag="--offsets-retention-minutes", min=1, max=_INT31),
+    Setting("server", "offsets_retention_check_interval_ms", "int", 600_000,
+            "How often expired offsets are looked for (Kafka's offsets.retention.check.interval.ms).",
+            flag="--offsets-retention-check-interval-ms", min=100, max=_INT31),
 )
 
 
