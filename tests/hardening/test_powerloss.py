@@ -44,6 +44,12 @@ import pytest
 from harness import check_data_dir
 from helpers import scaled, subprocess_env, wait_until
 
+
+def interval_slack() -> float:
+    """How late the interval flusher may be on a busy machine (a descheduled thread, a slow FUSE round trip)."""
+    return scaled(1.0)
+
+
 WRITER = os.path.join(os.path.dirname(os.path.abspath(powerloss_fs.__file__)), "powerloss_writer.py")
 
 
@@ -221,7 +227,7 @@ def run_embedded(disk, tmp_path, *, seed: int, cycles: int, fsync: str = "always
             if fsync == "interval":
                 # Let the flusher run a few times, so there are records old enough to be checked.
                 t_first = float(w.lines[[line[0] for line in w.lines].index("A")].split(" ")[6])
-                horizon = interval_ms / 1000 + scaled(0.5)
+                horizon = interval_ms / 1000 + interval_slack()
                 old_enough = t_first + horizon + 0.5
                 wait_until(lambda w=w, n=target, t=old_enough: time.monotonic() > t and w.progress(n), horizon + 60,
                            "records older than the flush interval")
@@ -234,7 +240,7 @@ def run_embedded(disk, tmp_path, *, seed: int, cycles: int, fsync: str = "always
         lost_ok_after = None
         if fsync == "interval":
             # The flusher syncs every interval_ms; a loaded machine delays it.
-            lost_ok_after = t_cut - interval_ms / 1000 - scaled(0.5)
+            lost_ok_after = t_cut - interval_ms / 1000 - interval_slack()
         res = verify(data, ledger, lost_ok_after=lost_ok_after)
         out["cycles"].append({"acked": ledger.count() - started, "checked": res["checked"],
                               "lost": len(res["lost"]), "cut": _cut_report(report)})
