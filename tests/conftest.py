@@ -11,6 +11,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 
 @pytest.fixture
+def kcat_bin():
+    """kcat's path: optional on a developer's machine, never in CI."""
+    import shutil
+
+    from helpers import require_tool
+
+    return require_tool(shutil.which("kcat") or shutil.which("kafkacat"), "kcat", "apt-get install kcat")
+
+
+@pytest.fixture
 def data_dir(tmp_path):
     return str(tmp_path / "data")
 

@@ -69,3 +69,18 @@ async def wait_until_async(predicate, timeout: float = 10.0, what: str = "condit
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+# --- outside tools --------------------------------------------------------------------
+
+
+def require_tool(path: str | None, name: str, install: str) -> str:
+    """``path`` if the tool was found; otherwise skip on a developer's machine and
+    fail when CI=true (a silent skip in CI would hide a missing install step)."""
+    import pytest
+
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not installed and CI=true ({install})")
+    pytest.skip(f"{name} is not installed ({install})")

@@ -179,6 +179,13 @@ class TopicConfig:
         return CODECS[self._values["compression.type"]]
 
     @property
+    def stored_codec(self) -> int | None:
+        """The codec producer-encoded batches are stored in, or None to keep theirs
+        (compression.type=producer, Kafka's default)."""
+        kind = self._values["compression.type"]
+        return None if kind == "producer" else CODECS[kind]
+
+    @property
     def log_append_time(self) -> bool:
         return self._values["message.timestamp.type"] == "LogAppendTime"
 

@@ -92,3 +92,25 @@ def test_open_batch_lock_is_a_plain_lock():
         off, ts = ob.add(b"v")
         assert off == 0 and ob.count == 1 and ob.base_offset == 0
     assert not ob.locked()
+
+
+@pytest.mark.parametrize("stored,codec", [("producer", None), ("zstd", 4), ("uncompressed", 0), ("gzip", 1)])
+def test_compression_type_decides_the_stored_codec_of_producer_batches(tmp_path, stored, codec):
+    from umlog._native.core import batch_info, encode_batch
+
+    with umlog.open(str(tmp_path / "d")) as b:
+        p = b.create_topic("t", config={"compression.type": stored}).partition(0)
+        sent = [0, 2, 3]  # none, snappy, lz4 from the producer
+        for i, c in enumerate(sent):
+            p.append_batches(encode_batch([b"v%d-%d" % (i, j) * 20 for j in range(50)], keys=[b"k"] * 50,
+                                          codec=c))
+        (data,) = p.read_batches(0, 1 << 20)
+        data = bytes(data)
+        got, pos = [], 0
+        while pos < len(data):
+            info = batch_info(data, pos)
+            got.append(info.codec)
+            pos += info.size
+        assert got == (sent if codec is None else [codec] * 3)
+        assert [r.value for r in p.read(0)] == [b"v%d-%d" % (i, j) * 20 for i in range(3) for j in range(50)]
+        assert [r.offset for r in p.read(0)] == list(range(150))

@@ -642,3 +642,56 @@ def set_log_append_time(buf, Py_ssize_t pos, int64_t timestamp):
             b + ATTRIBUTES_OFFSET, <Py_ssize_t>h.batch_length + C_LOG_OVERHEAD - ATTRIBUTES_OFFSET))
     finally:
         PyBuffer_Release(&view)
+
+
+
+def recompress_batch(buf, Py_ssize_t pos, int codec):
+    """The batch at ``pos`` with its records section in ``codec`` (0: none),
+    as new bytes: decompressed if it was compressed, compressed with Kafka's
+    framing, the attributes' codec bits, batchLength and CRC32C rewritten;
+    every other header field (offsets, timestamps, producer fields) kept.
+    One call per batch, as Kafka's broker-side recompression
+    (``compression.type``).
+
+    The batch is not validated here (``validate_batch`` first); records that
+    do not decompress raise CorruptBatchError.
+    """
+    cdef Py_buffer view, rview
+    cdef BatchHeader h
+    cdef const char *b
+    cdef char *o
+    cdef Py_ssize_t n
+    if codec < 0 or codec > 4:
+        raise ValueError(f"unknown compression codec {codec}")
+    get_buffer(buf, &view, False)
+    try:
+        if pos < 0 or pos > view.len:
+            raise ValueError(f"bad position {pos}")
+        check_batch(<const char *>view.buf, pos, view.len, False, &h)
+        b = <const char *>view.buf + pos
+        n = <Py_ssize_t>h.batch_length + C_LOG_OVERHEAD - RECORDS_OFFSET
+        if (h.attributes & C_CODEC_MASK) != 0:
+            raw = decompress_records(h.attributes & C_CODEC_MASK, b + RECORDS_OFFSET, n, pos)
+        else:
+            raw = PyBytes_FromStringAndSize(b + RECORDS_OFFSET, n)
+        if codec != 0:
+            # cramjam's lz4 Compressor takes bytes only (its decompressors give Buffers)
+            records = compress_records(codec, raw if type(raw) is bytes else bytes(raw))
+        else:
+            records = raw
+        get_buffer(records, &rview, False)
+        try:
+            out = PyBytes_FromStringAndSize(NULL, RECORDS_OFFSET + rview.len)
+            o = PyBytes_AS_STRING(out)
+            memcpy(o, b, RECORDS_OFFSET)
+            memcpy(o + RECORDS_OFFSET, rview.buf, rview.len)
+            umlog_store_be32(o + LENGTH_OFFSET, <uint32_t>(RECORDS_OFFSET + rview.len - C_LOG_OVERHEAD))
+            umlog_store_be16(o + ATTRIBUTES_OFFSET,
+                             <uint16_t>((<uint16_t>h.attributes & ~C_CODEC_MASK) | codec))
+            umlog_store_be32(o + CRC_OFFSET, crc32c_region(
+                o + ATTRIBUTES_OFFSET, RECORDS_OFFSET + rview.len - ATTRIBUTES_OFFSET))
+        finally:
+            PyBuffer_Release(&rview)
+    finally:
+        PyBuffer_Release(&view)
+    return out

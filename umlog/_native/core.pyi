@@ -209,6 +209,11 @@ def batch_info(buf: Buffer, pos: int = 0, end: int = -1) -> BatchInfo:
 def set_base_offset(buf: Buffer, pos: int, base_offset: int) -> None:
     """Write baseOffset in place (writable buffer, else BufferError). The CRC does not cover it."""
 
+def recompress_batch(buf: Buffer, pos: int, codec: int) -> bytes:
+    """The batch at pos with its records in ``codec`` (0: none), as new bytes: the
+    codec bits, batchLength and CRC rewritten, every other header field kept.
+    Not validated here; records that do not decompress raise CorruptBatchError."""
+
 def set_log_append_time(buf: Buffer, pos: int, timestamp: int) -> None:
     """In place: set the LogAppendTime attribute bit, maxTimestamp = timestamp,
     and recompute the CRC (as Kafka does for LogAppendTime topics)."""

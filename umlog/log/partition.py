@@ -55,6 +55,7 @@ from .._native.core import (
     batch_info,
     decode_records,
     encode_batch,
+    recompress_batch,
     set_base_offset,
     set_log_append_time,
     validate_batch,
@@ -385,6 +386,14 @@ class Partition:
             data, infos = self.validate_batches(buf)
         else:
             data = buf
+        target = self.config.stored_codec
+        if target is not None and any(i.codec != target for i in infos):
+            # compression.type names a codec: batches in another are rewritten
+            # in it, one native call per batch (records are not decoded), then
+            # checked again like any batch.
+            data, infos = self.validate_batches(b"".join(
+                recompress_batch(data, i.position, target) if i.codec != target
+                else bytes(data[i.position:i.position + i.size]) for i in infos))
         total = len(data)
         max_bytes = self.config["max.message.bytes"]
         if max_bytes:

@@ -12,7 +12,7 @@ import socket
 import subprocess
 
 import pytest
-from helpers import scaled, wait_until
+from helpers import require_tool, scaled, wait_until
 
 import umlog
 
@@ -27,9 +27,10 @@ OMKAFKA = any(
 )
 
 
-@pytest.mark.skipif(not (RSYSLOGD and OMKAFKA), reason="needs rsyslog and rsyslog-kafka (apt-get install)")
 @pytest.mark.parametrize("codec", ["none", "snappy"])
 def test_rsyslog_ships_lines_into_a_topic(tmp_path, codec):
+    require_tool(RSYSLOGD, "rsyslogd", "apt-get install rsyslog")
+    require_tool("omkafka" if OMKAFKA else None, "rsyslog's omkafka module", "apt-get install rsyslog-kafka")
     server = ServeProcess(str(tmp_path / "data"), "--default-partitions", "2")
     work = tmp_path / "rsyslog"
     work.mkdir()
