@@ -35,6 +35,21 @@ def scaled(seconds: float) -> float:
     return seconds * TIME_SCALE
 
 
+def _polls(predicate, timeout: float, what: str):
+    """The one deadline loop behind both waits: yields while ``predicate()`` is
+    false, returns its first true value, raises AssertionError at the deadline."""
+    import time
+
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
+        yield
+
+
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
     """Poll ``predicate()`` until it returns a true value, and return that value.
 
@@ -43,32 +58,27 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interv
     """
     import time
 
-    deadline = time.monotonic() + scaled(timeout)
-    value = None
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
-        time.sleep(interval)
+    polls = _polls(predicate, timeout, what)
+    try:
+        while True:
+            next(polls)
+            time.sleep(interval)
+    except StopIteration as done:
+        return done.value
 
 
 async def wait_until_async(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.005):
     """``wait_until`` for a test running on an event loop: sleeps yield to the loop,
     so what the test waits for (a door answering, a timer firing) can happen."""
     import asyncio
-    import time
 
-    deadline = time.monotonic() + scaled(timeout)
-    value = None
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {scaled(timeout):.1f}s waiting for {what} (last: {value!r})")
-        await asyncio.sleep(interval)
+    polls = _polls(predicate, timeout, what)
+    try:
+        while True:
+            next(polls)
+            await asyncio.sleep(interval)
+    except StopIteration as done:
+        return done.value
 
 
 # --- outside tools --------------------------------------------------------------------
