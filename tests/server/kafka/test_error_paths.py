@@ -12,23 +12,25 @@ So librdkafka's log is captured with protocol debugging on (confluent-kafka's
 every case fails on a parse failure, whatever else it checks.
 
 Combinations a client cannot express are named in comments, not faked; the
-in-process golden test (``test_error_frames.py``) covers their frames. Not driven
+in-process golden test (``test_error_frames.py``) covers their frames. Consumer
+groups meet UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, NOT_COORDINATOR and
+REBALANCE_IN_PROGRESS across a server restart (the last section). Not driven
 with real clients: idempotent sequence errors (librdkafka only gaps its sequences
-when a broker lost data), NOT_COORDINATOR (answered only while the server shuts
-down), UNKNOWN_MEMBER_ID / ILLEGAL_GENERATION (``test_groups_clients.py`` restarts
-the server under a consumer group; the frames are in ``test_error_frames.py``),
-and ListOffsets errors (every client checks its metadata first and never sends one
-for a topic it knows is gone).
+when a broker lost data) and ListOffsets errors (every client checks its metadata
+first and never sends one for a topic it knows is gone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import gc
 import logging
 import os
 import re
 import shutil
 import subprocess
+import warnings
 
 import pytest
 from helpers import scaled, wait_until
@@ -648,3 +650,235 @@ def test_topic_deleted_while_produced_to_and_created_again(server, client):
         p.close()
     assert p.protocol_errors() == []
     assert set(stored(server, topic)) == {b"after"}  # one or more: a send per attempt
+
+
+# --- consumer groups across a server restart ------------------------------------------------------
+#
+# UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, NOT_COORDINATOR and REBALANCE_IN_PROGRESS
+# from a real coordinator: two members consume and commit; one stops polling
+# and a third joins, so the others' joins are held (REBALANCE_IN_PROGRESS, then a
+# JoinGroup that waits for the member that does not poll); the server is stopped
+# (held joins answered NOT_COORDINATOR) and started again on the same port, where
+# no member is known (UNKNOWN_MEMBER_ID to heartbeats, commits refused). Every
+# member must rejoin and go on from the committed offsets: nothing lost, and no
+# protocol error in any client's log. kcat is left out: its balanced consumer
+# (-G) is one process that cannot be held from polling.
+
+SESSION_MS = int(scaled(10) * 1000)  # tests/README.md, rule 8
+GROUP_DELAY = ("--group-initial-rebalance-delay-ms", "100")
+# As each client names them: librdkafka's NAME and text, kafka-python's and
+# aiokafka's error classes, and the error_code of the responses they log.
+GROUP_ERRORS = {
+    "NOT_COORDINATOR": re.compile(r"not.?coordinator|error_code=16\b", re.IGNORECASE),
+    "UNKNOWN_MEMBER_ID": re.compile(r"unknown.?member|error_code=25\b", re.IGNORECASE),
+    "REBALANCE_IN_PROGRESS": re.compile(r"rebalance.?in.?progress|error_code=27\b", re.IGNORECASE),
+    "ILLEGAL_GENERATION": re.compile(r"illegal.?generation|generation id is not valid|error_code=22\b",
+                                     re.IGNORECASE),
+}
+
+
+class ConfluentGroupMember:
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        logger, self.log = librdkafka_logger()
+        self.c = ck.Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+            "auto.offset.reset": "earliest", "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500,
+            "logger": logger, "debug": "protocol,cgrp", "reconnect.backoff.max.ms": 200,
+            "topic.metadata.refresh.interval.ms": 1000, "fetch.wait.max.ms": 100,
+        })
+        self.c.subscribe([topic])
+        self.values: list[bytes] = []
+
+    def pump(self) -> None:
+        got = [m for m in self.c.consume(100, 0.1) if m.error() is None]
+        self.values += [m.value() for m in got]
+        if got:
+            try:
+                self.c.commit(asynchronous=False)
+            except ck.KafkaException:  # a rebalance took the partitions: the next owner reads them again
+                pass
+
+    def log_lines(self) -> list[str]:
+        return self.log.lines
+
+    def close(self) -> None:
+        self.c.close()
+        self.log.close()
+
+
+class KafkaPythonGroupMember:
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.c = kafka.KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                     auto_offset_reset="earliest", session_timeout_ms=SESSION_MS,
+                                     heartbeat_interval_ms=500, fetch_max_wait_ms=100, metadata_max_age_ms=1000,
+                                     reconnect_backoff_max_ms=200, request_timeout_ms=int(scaled(30_000)))
+        self.values: list[bytes] = []
+
+    def pump(self) -> None:
+        try:
+            got = [r.value for recs in self.c.poll(100).values() for r in recs]
+            self.values += got
+            if got:
+                self.c.commit()
+        except kafka.errors.KafkaError:  # commit refused after a rebalance; the poll rejoins
+            pass
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class AioKafkaGroupMember:
+    """On the test's one loop, run whenever any member is pumped: aiokafka heartbeats
+    and rejoins in background tasks, so a member that is not pumped still rejoins
+    (it cannot be stalled as the others can; its joins are held only by chance)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+        async def start():
+            c = aiokafka.AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
+                                          enable_auto_commit=False, auto_offset_reset="earliest",
+                                          session_timeout_ms=SESSION_MS, heartbeat_interval_ms=500,
+                                          fetch_max_wait_ms=100, metadata_max_age_ms=1000,
+                                          request_timeout_ms=int(scaled(30_000)))
+            await c.start()
+            return c
+
+        self.c = self.loop.run_until_complete(start())
+        self.values: list[bytes] = []
+
+    def pump(self) -> None:
+        async def step():
+            got = [r.value for recs in (await self.c.getmany(timeout_ms=100)).values() for r in recs]
+            self.values += got
+            if got:
+                await self.c.commit()
+        try:
+            self.loop.run_until_complete(step())
+        except aiokafka.errors.KafkaError:  # commit refused after a rebalance; the member rejoins
+            pass
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.c.stop())
+
+
+def members_closed_collect() -> None:
+    """Collect what the closed clients left: kafka-python drops the socket of each
+    refused connection (while the server was down) without closing it, and its
+    ResourceWarning would otherwise fire in whichever later test the collector runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+GROUP_MEMBERS = {"confluent": ConfluentGroupMember, "kafka-python": KafkaPythonGroupMember,
+                 "aiokafka": AioKafkaGroupMember}
+
+
+def restart_on(data: str, port: int) -> ServeProcess:
+    """The server again on the port its clients know. The port was the OS's (rule 5)
+    until the stop; another process may take it in between: a few tries."""
+    started: list[ServeProcess] = []
+
+    def start() -> bool:
+        try:
+            started.append(ServeProcess(data, "--no-auto-create", *GROUP_DELAY, "--kafka", f"127.0.0.1:{port}",
+                                        verbose=2))
+        except RuntimeError as e:  # only a port still held is retried
+            if "in use" not in str(e).lower():
+                raise
+            return False
+        return True
+
+    wait_until(start, 30, f"umlog serve listening on port {port} again", interval=0.5)
+    return started[0]
+
+
+def committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict, dict]:
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import OffsetSpec
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    tps = [ck.TopicPartition(topic, p) for p in range(2)]
+    res = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group].result(scaled(30))
+    committed = {tp.partition: tp.offset for tp in res.topic_partitions}
+    ends = {tp.partition: f.result(scaled(30)).offset
+            for tp, f in a.list_offsets({tp: OffsetSpec.latest() for tp in tps}).items()}
+    return committed, ends
+
+
+def produce_spread(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    p = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    for i, v in enumerate(values):
+        p.produce(topic, v, partition=i % 2)
+    assert p.flush(scaled(30)) == 0
+
+
+# kafka-python leaves the socket of each refused connection (while the server is
+# down) to the garbage collector: a ResourceWarning in __del__, not this test's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("client", ["confluent", "kafka-python", "aiokafka"])
+def test_group_members_across_a_server_restart(tmp_path, client):
+    data = str(tmp_path / "data")
+    topic = group = f"restart-{client}"
+    first = [b"a%d" % i for i in range(40)]
+    then = [b"b%d" % i for i in range(40)]
+    # kafka-python and aiokafka log through ``logging``; librdkafka per consumer.
+    cap = LogCapture("kafka" if client == "kafka-python" else "aiokafka")
+    loop = asyncio.new_event_loop()
+    s = ServeProcess(data, "--no-auto-create", *GROUP_DELAY, verbose=2)
+    port = s.port
+    members = []
+    try:
+        a = AdminClient({"bootstrap.servers": s.bootstrap})
+        for f in a.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)]).values():
+            f.result(timeout=scaled(30))
+        a = None  # its threads would reconnect to the stopped server until collected
+        produce_spread(s.bootstrap, topic, first)
+        make = GROUP_MEMBERS[client]
+        if client == "aiokafka":
+            make = functools.partial(make, loop=loop)
+        members = [make(s.bootstrap, group, topic), make(s.bootstrap, group, topic)]
+
+        def pump(ms) -> None:
+            for m in ms:
+                m.pump()
+
+        def seen() -> set[bytes]:
+            return {v for m in members for v in m.values}
+
+        wait_until(lambda: pump(members) or seen() >= set(first) and committed_and_ends(s.bootstrap, group, topic)[0]
+                   == {0: 20, 1: 20}, 60, "both members consuming and committing the first records")
+        # The first member stalls; a third joins: the second's and the third's joins
+        # are held for the first, which does not rejoin.
+        members.append(make(s.bootstrap, group, topic))
+        held = re.compile(rf"group '{group}': JoinGroup member='[^']+' .* in PreparingRebalance")
+        wait_until(lambda: pump(members[1:]) or held.search(s.stderr_text()), 60, "a JoinGroup held")
+        assert s.stop() == 0, s.stderr_text()
+        assert "Traceback" not in s.stderr_text(), s.stderr_text()
+        before = [len(m.values) for m in members]
+        s = restart_on(data, port)
+        produce_spread(s.bootstrap, topic, then)
+        wait_until(lambda: pump(members) or seen() >= set(first + then)
+                   and committed_and_ends(s.bootstrap, group, topic)[0] == {0: 40, 1: 40},
+                   90, "every member back, every record consumed and committed")
+        assert seen() == set(first + then)  # nothing lost, nothing foreign
+        # From the committed offsets: every first record was committed before the
+        # stop, so none is read again (what was not committed may be, at least once).
+        after = [v for m, n in zip(members, before) for v in m.values[n:]]
+        assert set(after) <= set(then), sorted(set(after) - set(then))[:10]
+    finally:
+        for m in members:
+            m.close()
+        loop.close()
+        members_closed_collect()
+        rc = s.stop()
+        cap.close()
+    err = s.stderr_text()
+    assert rc == 0, err
+    assert "Traceback" not in err and " ERROR " not in err, err
+    lines = cap.lines + [ln for m in members if isinstance(m, ConfluentGroupMember) for ln in m.log_lines()]
+    assert [ln for ln in lines if PROTOCOL_ERROR.search(ln)] == []
+    met = {name for name, rx in GROUP_ERRORS.items() if any(rx.search(ln) for ln in lines)}
+    print(client, "met", sorted(met))
+    assert met >= ({"UNKNOWN_MEMBER_ID"} if client == "aiokafka" else {"NOT_COORDINATOR", "UNKNOWN_MEMBER_ID"})
