@@ -85,14 +85,14 @@ def committed_and_ends(server, group, topic, partitions):
 MEMBER = r"""
 import sys, time, json, signal
 from confluent_kafka import Consumer, KafkaException
-bootstrap, group, topic, strategy, out_path = sys.argv[1:6]
+bootstrap, group, topic, strategy, out_path, session_ms = sys.argv[1:7]
 out = open(out_path, "a", buffering=1)
 def log(kind, **kw):
     out.write(json.dumps({"k": kind, "t": time.time(), **kw}) + "\n")
 stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-              "enable.auto.commit": False, "session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500,
+              "enable.auto.commit": False, "session.timeout.ms": int(session_ms), "heartbeat.interval.ms": 500,
               "partition.assignment.strategy": strategy, "topic.metadata.refresh.interval.ms": 2000})
 held = set()
 def on_assign(consumer, parts):
@@ -115,15 +115,16 @@ while not stop:
             log("commit_failed", e=str(e))
 c.close()
 log("closed")
-""".replace("SESSION_MS", str(SESSION_MS))
+"""
 
 
 class Member:
-    def __init__(self, server, group, topic, strategy, path):
+    def __init__(self, server, group, topic, strategy, path, session_ms=SESSION_MS):
         self.path = path
         env = dict(os.environ)
         env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
-        self.proc = subprocess.Popen([sys.executable, "-c", MEMBER, server.bootstrap, group, topic, strategy, path],
+        self.proc = subprocess.Popen([sys.executable, "-c", MEMBER, server.bootstrap, group, topic, strategy, path,
+                                      str(session_ms)],
                                      stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
                                      cwd=os.path.dirname(path))
 
@@ -156,7 +157,11 @@ def test_three_consumers_one_killed_the_others_take_over(server, tmp_path, strat
     pytest.importorskip("confluent_kafka")
     topic, group, n = f"six-{strategy}", f"fleet-{strategy}", 3000
     create_topic(server, topic, 6)
-    members = [Member(server, group, topic, strategy, str(tmp_path / f"m{i}.jsonl")) for i in range(3)]
+    # The victim's session is what the survivors wait out, so it is the shortest
+    # that still has room; the survivors keep the longer one all along.
+    victim_session_s = scaled(6)
+    members = [Member(server, group, topic, strategy, str(tmp_path / f"m{i}.jsonl"),
+                      session_ms=int(victim_session_s * 1000) if i == 0 else SESSION_MS) for i in range(3)]
     try:
         def balanced():
             helds = [m.held() for m in members]
@@ -176,11 +181,11 @@ def test_three_consumers_one_killed_the_others_take_over(server, tmp_path, strat
             helds = [m.held() for m in survivors]
             return set().union(*helds) == set(range(6)) and not helds[0] & helds[1]
 
-        wait_until(taken_over, SESSION_S + 30, "the survivors to own all 6 partitions")
+        wait_until(taken_over, 6 + 30, "the survivors to own all 6 partitions")
         took = max(e["t"] for m in survivors for e in m.events() if e["k"] == "assign") - killed_at
         # Evicted after its session, then one round (two for cooperative), not after
         # any further timeout.
-        assert took < SESSION_MS / 1000 + scaled(10), took
+        assert took < victim_session_s + scaled(10), took
         for m in survivors:
             assert len(m.held()) == 3
         assert lost <= set().union(*(m.held() for m in survivors))
