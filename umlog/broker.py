@@ -57,8 +57,9 @@ __all__ = ["Broker", "Topic", "RecordMetadata", "FSYNC_POLICIES"]
 FSYNC_POLICIES = ("never", "interval", "always")
 FORMAT_VERSION = 1
 # Topics the broker keeps for itself: hidden from topics() unless asked for, never
-# deleted by delete_topic. ``__consumer_offsets`` holds committed group offsets.
-INTERNAL_TOPICS = frozenset({"__consumer_offsets"})
+# deleted by delete_topic. ``__consumer_offsets`` holds committed group offsets,
+# ``__share_group_state`` the share groups' windows (umlog/delivery/state.py).
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state"})
 
 class Topic:
     """A named set of partitions with one config.
@@ -201,6 +202,7 @@ class Broker:
         self._lock_fd = -1
         self._closed = False
         self._offsets = None  # umlog.groups.offsets.OffsetStore, opened on first use
+        self._share = None  # umlog.delivery.group.ShareGroups, opened on first use
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.was_clean = True
@@ -405,7 +407,7 @@ class Broker:
         if t is None and self.readonly:
             self._refresh_topics()
             t = self._topics.get(name)
-        if t is None and name in INTERNAL_TOPICS and not self.readonly:
+        if t is None and name == "__consumer_offsets" and not self.readonly:
             _ = self.offsets  # creates __consumer_offsets on demand, with its config
             t = self._topics.get(name)
         if t is None:
@@ -547,6 +549,19 @@ class Broker:
     def groups(self) -> list[str]:
         """Groups with committed offsets, sorted."""
         return self.offsets.groups()
+
+    def share_group(self, name: str, topics, **settings):
+        """A handle on share group ``name`` over ``topics``: a queue that is a cursor
+        over the log (``umlog.delivery.ShareGroup``; settings: ``max_attempts``,
+        ``lock_ms``, ``backoff_ms``, ``dead_letter``, ``start``, ``max_in_flight``,
+        ``clock``). Every handle of a group in this process shares its state."""
+        self._check_writable()
+        with self._lock:
+            if self._share is None:
+                from .delivery.group import ShareGroups
+
+                self._share = ShareGroups(self)
+        return self._share.open(name, topics, **settings)
 
     def consume(self, topic, group: str | None = None, *, from_beginning: bool = False, follow: bool = False,
                 timeout: float | None = None, commit_every: int = 1000, max_records: int = 500):

@@ -98,6 +98,9 @@ main.add_command(bench.bench)
 from umlog.commands import groups  # noqa: E402  (umlog groups list|describe)
 
 main.add_command(groups.groups)
+from umlog.commands import share_groups  # noqa: E402  (umlog share-groups list|describe)
+
+main.add_command(share_groups.share_groups)
 
 
 if __name__ == "__main__":  # pragma: no cover
