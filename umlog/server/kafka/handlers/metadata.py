@@ -15,6 +15,7 @@ import logging
 from kio.schema.errors import ErrorCode
 
 from umlog import errors
+from umlog.broker import INTERNAL_TOPICS
 from umlog.errors import RemoteProtocolError
 
 from ._util import ZERO_MS, make, response_module
@@ -23,9 +24,6 @@ API_KEY = 3
 API_VERSIONS = (0, 12)
 
 log = logging.getLogger("umlog.server.kafka")
-
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__transaction_state"})
-
 
 def ensure_topic(door, name: str, allow_create: bool):
     """(topic or None, error code): look up ``name``, auto-creating it when allowed."""
