@@ -22,7 +22,8 @@ import logging
 import threading
 
 from .._native.core import partition_for_key
-from ..errors import DecodeError, UnknownTopicError
+from ..errors import DecodeError
+from ..log.replay import InternalTopicReplay
 from .state import decode_key, encode_key
 
 __all__ = ["STATE_TOPIC", "STATE_PARTITIONS", "STATE_TOPIC_CONFIG", "ShareStateStore"]
@@ -43,43 +44,14 @@ class ShareStateStore:
         self.broker = broker  # type of `broker` is `Broker`
         self._lock = threading.RLock()
         self._values: dict[tuple[str, str, int], bytes] = {}
-        self._replayed: list[int] = []
         self.skipped = 0
         with self._lock:
-            self._topic = self._open_topic()
-            if self._topic is not None:
-                self._catch_up()
+            self._replay = InternalTopicReplay(broker, STATE_TOPIC, STATE_PARTITIONS, STATE_TOPIC_CONFIG)
+            self._replay.catch_up(self._apply)
 
-    def _open_topic(self):
-        b = self.broker
-        if b.readonly:
-            try:
-                return b.topic(STATE_TOPIC)
-            except UnknownTopicError:
-                return None
-        return b.internal_topic(STATE_TOPIC, STATE_PARTITIONS, STATE_TOPIC_CONFIG)
-
-    def _catch_up(self) -> None:
-        t = self._topic
-        if t is None:
-            if not self.broker.readonly:
-                return
-            self._topic = t = self._open_topic()
-            if t is None:
-                return
-        while len(self._replayed) < t.num_partitions:
-            self._replayed.append(0)
-        for i, p in enumerate(t.partitions):
-            if not p.writable:
-                p.refresh()
-            start = max(self._replayed[i], p.start_offset)
-            if start >= p.end_offset:
-                continue
-            nxt = start
-            for r in p.read(start):
-                self._apply(r)
-                nxt = r.offset + 1
-            self._replayed[i] = nxt
+    @property
+    def _topic(self):
+        return self._replay.topic
 
     def _apply(self, r) -> None:
         try:
@@ -99,7 +71,7 @@ class ShareStateStore:
     def refresh(self) -> None:
         if self.broker.readonly:
             with self._lock:
-                self._catch_up()
+                self._replay.catch_up(self._apply)
 
     def partition_of(self, group: str):
         t = self._topic
@@ -115,9 +87,7 @@ class ShareStateStore:
         with self._lock:
             p = self.partition_of(group)
             p.append_many([v for _, v in items], keys)
-            # Our own appends need no replay.
-            if self._replayed[p.index] < p.end_offset:
-                self._replayed[p.index] = p.end_offset
+            self._replay.wrote(p)  # our own appends need no replay
             for (t, i), v in items:
                 if v is None:
                     self._values.pop((group, t, i), None)

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from ..errors import DecodeError, InvalidOffsetError, UnknownTopicError
+from ..log.replay import InternalTopicReplay
 from .schema import (
     GroupKey,
     decode_key,
@@ -85,54 +86,25 @@ class OffsetStore:
 
     def __init__(self, broker, partitions: int = OFFSETS_PARTITIONS) -> None:
         self.broker = broker  # type of `broker` is `Broker`
-        self._partitions_wanted = partitions
         self._lock = threading.RLock()
         self._offsets: dict[str, dict[TopicPartition, OffsetAndMetadata]] = {}
-        self._replayed: list[int] = []  # next offset to replay, per partition
         self.skipped = 0  # records that did not decode
         with self._lock:
-            self._topic = self._open_topic()
-            if self._topic is not None:
-                self._catch_up()
+            self._replay = InternalTopicReplay(broker, OFFSETS_TOPIC, partitions, OFFSETS_TOPIC_CONFIG)
+            self._catch_up()
 
     # -- the internal topic -----------------------------------------------------
-
-    def _open_topic(self):
-        b = self.broker
-        if b.readonly:
-            try:
-                return b.topic(OFFSETS_TOPIC)
-            except UnknownTopicError:
-                return None
-        return b.internal_topic(OFFSETS_TOPIC, self._partitions_wanted, OFFSETS_TOPIC_CONFIG)
 
     @property
     def topic(self):
         """The ``__consumer_offsets`` Topic (None on a read-only broker before any commit)."""
-        return self._topic
+        return self._replay.topic
+
+    _topic = topic
 
     def _catch_up(self) -> None:
         """Replay what was appended since the last call (all of it the first time)."""
-        t = self._topic
-        if t is None:
-            if not self.broker.readonly:
-                return
-            self._topic = t = self._open_topic()
-            if t is None:
-                return
-        while len(self._replayed) < t.num_partitions:
-            self._replayed.append(0)
-        for i, p in enumerate(t.partitions):
-            if not p.writable:
-                p.refresh()
-            start = max(self._replayed[i], p.start_offset)
-            if start >= p.end_offset:
-                continue
-            nxt = start
-            for r in p.read(start):
-                self._apply(r)
-                nxt = r.offset + 1
-            self._replayed[i] = nxt
+        self._replay.catch_up(self._apply)
 
     def _apply(self, r) -> None:
         if r.key is None:
@@ -185,10 +157,7 @@ class OffsetStore:
         p = t.partitions[partition_for_group(group, t.num_partitions)]
         now = _now_ms()
         p.append_many(values, keys, None, [now] * len(values))
-        i = p.index
-        # Our own appends need no replay (a writer never re-reads its topic).
-        if self._replayed[i] < p.end_offset:
-            self._replayed[i] = p.end_offset
+        self._replay.wrote(p)  # a writer never re-reads its own appends
 
     def commit(self, group: str, offsets: Mapping[TopicPartition, OffsetAndMetadata | int]) -> None:
         """Store ``{(topic, partition): offset or OffsetAndMetadata}`` for ``group`` as one batch.
