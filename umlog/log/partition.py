@@ -65,7 +65,7 @@ from ..errors import CorruptBatchError, DecodeError, OffsetOutOfRangeError, Read
 from . import cleaner, tailing
 from .files import fsync_dir
 from .loader import RecoveryPoint, load_segments
-from .producer_state import ProducerStateManager, seq_add
+from .producer_state import ProducerStateManager
 from .segment import LogSegment
 
 __all__ = ["Partition"]
@@ -185,15 +185,14 @@ class Partition:
         # Idempotent producers' state (producer_state.py): loaded on first use,
         # then kept current by append_batches and snapshotted at rolls and close.
         self._pstate: ProducerStateManager | None = None
-        # A file was created in the directory since its last fsync (a rolled
-        # segment; a new partition's first one): sync_through fsyncs it.
-        self._dir_unsynced = False
         if writable:
             os.makedirs(directory, exist_ok=True)
         self._load(clean)
-        # An empty active segment may have just been created (a new partition,
-        # or one whose every segment recovery dropped): its entry is synced
-        # with the first group commit.
+        # A file was created in the directory since its last fsync (a rolled
+        # segment; sync_through fsyncs the directory). An empty active segment
+        # may have just been created (a new partition, or one whose every
+        # segment recovery dropped): its entry is synced with the first group
+        # commit.
         self._dir_unsynced = writable and bool(self.segments) and self.segments[-1].size == 0
         self._open.next_offset = self.segments[-1].next_offset if self.segments else 0
         self.flushed_offset = self._open.next_offset
@@ -429,11 +428,7 @@ class Partition:
             st = self._pstate
             if st is not None:
                 for i, info in enumerate(infos):
-                    if info.producer_id >= 0:
-                        last = int(lasts[i])
-                        first = last - (info.last_offset - info.base_offset)
-                        st.update(info.producer_id, info.producer_epoch, info.base_sequence,
-                                  seq_add(info.base_sequence, last - first), first, last, lat_ts)
+                    st.update_batch(info, int(lasts[i]) - (info.last_offset - info.base_offset), lat_ts)
         self._wake()
         if self.fsync == "always" and self.hooks.sync_inline():
             self.sync_through(base)
@@ -519,11 +514,8 @@ class Partition:
             found = seg.find_position(max(from_offset, seg.base_offset))
             pos = found[0] if found else seg.size
             infos = []
-            while pos < seg.size:
-                head = seg.read(pos, BATCH_HEADER_SIZE)
-                if len(head) < BATCH_HEADER_SIZE:
-                    break
-                info = batch_info(head, 0)
+            while pos + BATCH_HEADER_SIZE <= seg.size:
+                info = seg.batch_info_at(pos)
                 infos.append(info)
                 pos += info.size
             yield infos, lat

@@ -104,13 +104,20 @@ class ProducerStateManager:
             return  # refused before it was appended; replay of an old epoch's batch
         e.batches.append(ProducerBatch(first_seq, last_seq, base_offset, last_offset, timestamp))
 
+    def update_batch(self, info, base_offset: int, timestamp: int) -> None:
+        """Record one appended batch from its ``BatchInfo`` and the base offset it was
+        stored at (a producer's batch arrives with base offset 0); batches of no
+        idempotent producer, and control batches, are not recorded."""
+        if info.producer_id < 0 or info.is_control:
+            return
+        n = info.last_offset - info.base_offset
+        self.update(info.producer_id, info.producer_epoch, info.base_sequence, seq_add(info.base_sequence, n),
+                    base_offset, base_offset + n, timestamp)
+
     def update_from_infos(self, infos: Iterable, log_append_time: bool) -> None:
         """Record every idempotent batch among ``BatchInfo``s (offsets as stored)."""
         for i in infos:
-            if i.producer_id >= 0 and not i.is_control:
-                n = i.last_offset - i.base_offset
-                self.update(i.producer_id, i.producer_epoch, i.base_sequence, seq_add(i.base_sequence, n),
-                            i.base_offset, i.last_offset, i.max_timestamp if log_append_time else -1)
+            self.update_batch(i, i.base_offset, i.max_timestamp if log_append_time else -1)
 
     def entry(self, producer_id: int) -> ProducerEntry | None:
         return self.producers.get(producer_id)

@@ -149,7 +149,9 @@ class Hub:
     def _expire_offsets(self) -> None:
         self._offsets_timer = None
         try:
-            if "__consumer_offsets" in self.broker.topics(internal=True):
+            from umlog.groups.offsets import OFFSETS_TOPIC
+
+            if OFFSETS_TOPIC in self.broker.topics(internal=True):  # none yet: nothing to expire, nothing made
                 self.coordinator.expire_offsets(self.offsets_retention_ms)
         except Exception:  # a failing disk: log, try again at the next interval
             log.exception("expiring committed offsets failed")
@@ -174,9 +176,7 @@ class Hub:
 
     def add_waiter(self, keys: Iterable[tuple[str, int]], fut: asyncio.Future) -> None:
         """Resolve ``fut`` at the next append to any of ``keys`` ((topic, partition))."""
-        loop = fut.get_loop()
-        if loop is not self.loop:  # a hub made outside its loop (tests) binds on first use
-            self.bind(loop)
+        self.bind(fut.get_loop())  # a hub made outside its loop (tests) binds on first use
         for k in keys:
             self.waiters.setdefault(k, set()).add(fut)
 
@@ -226,10 +226,6 @@ class Hub:
             self._offsets_timer = None
 
     # --- the durability gate ---------------------------------------------------------------------
-
-    @property
-    def fsync(self) -> str:
-        return self.broker.fsync
 
     async def durable(self, appended: Mapping[Any, int]) -> None:
         """Return once every ``{partition: end offset}`` is durable, as the server's
@@ -298,9 +294,7 @@ class Hub:
     def admit(self, conn: Any) -> bool:
         """Count a new connection of any door; False (and one log line a second at
         most) when ``max_connections`` is reached: the door then closes it at once."""
-        loop = asyncio.get_running_loop()
-        if loop is not self.loop:
-            self.bind(loop)
+        self.bind(asyncio.get_running_loop())
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
             self.refused_total += 1
             self._refused += 1
@@ -340,9 +334,8 @@ class Hub:
             if c.idle and now - c.last_active >= limit:
                 self.idle_closed_total += 1
                 c.close_idle(now - c.last_active)
-        if self.connections and not self.shutting_down:
-            self._idle_timer = loop.call_later(min(max(self.idle_timeout_ms / 4000, 0.02), 30.0),
-                                               self._sweep_idle, loop)
+        if self.connections:
+            self._watch_idle()
 
     def partition_budget_error(self, new: int) -> str | None:
         """Why ``new`` more partitions would run the process out of file

@@ -73,13 +73,12 @@ class KafkaDoor(Door):
         idle_timeout_ms: int | None = None,
         group_initial_rebalance_delay_ms: int | None = None,
     ) -> None:
-        from ..hub import DEFAULT_IDLE_TIMEOUT_MS, Hub
+        from ..hub import Hub
 
         if not isinstance(hub, Hub):
-            hub = Hub(hub, max_connections=max_connections,
-                      idle_timeout_ms=DEFAULT_IDLE_TIMEOUT_MS if idle_timeout_ms is None else idle_timeout_ms,
-                      group_initial_rebalance_delay_ms=3000 if group_initial_rebalance_delay_ms is None
-                      else group_initial_rebalance_delay_ms)
+            given = {"max_connections": max_connections, "idle_timeout_ms": idle_timeout_ms,
+                     "group_initial_rebalance_delay_ms": group_initial_rebalance_delay_ms}
+            hub = Hub(hub, **{k: v for k, v in given.items() if v is not None})  # the rest: the hub's defaults
         opts = {s.key: s.default for s in KAFKA_SETTINGS}
         opts.update(options or {})
         for key, value in (("auto_create", auto_create), ("default_partitions", default_partitions),
