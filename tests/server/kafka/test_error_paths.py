@@ -184,7 +184,34 @@ def produce(server, topic: str, values: list[bytes]) -> None:
 # report of OFFSET_OUT_OF_RANGE under auto.offset.reset=error/none.
 
 
-class ConfluentConsumer:
+class ClientWrapper:
+    """What every client wrapper below shares: its captured log in ``self.log``,
+    and ``close`` = the client's own ``_stop`` and then the log's release."""
+
+    def protocol_errors(self) -> list[str]:
+        return self.log.protocol_errors()
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        try:
+            self._stop()
+        finally:
+            self.log.close()
+
+
+class AioClientWrapper(ClientWrapper):
+    """An aiokafka client on a loop of its own (``self.loop``), stopped by ``_client().stop()``."""
+
+    def _stop(self) -> None:
+        try:
+            self.loop.run_until_complete(self._client().stop())
+        finally:
+            self.loop.close()
+
+
+class ConfluentConsumer(ClientWrapper):
     def __init__(self, bootstrap: str, reset: str) -> None:
         logger, self.log = librdkafka_logger()
         self.c = ck.Consumer({
@@ -223,15 +250,11 @@ class ConfluentConsumer:
     def resume(self, topic: str) -> None:
         self.c.resume([ck.TopicPartition(topic, 0)])
 
-    def protocol_errors(self) -> list[str]:
-        return self.log.protocol_errors()
-
-    def close(self) -> None:
+    def _stop(self) -> None:
         self.c.close()
-        self.log.close()
 
 
-class KafkaPythonConsumer:
+class KafkaPythonConsumer(ClientWrapper):
     def __init__(self, bootstrap: str, reset: str) -> None:
         self.log = LogCapture("kafka")
         self.c = kafka.KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
@@ -275,15 +298,11 @@ class KafkaPythonConsumer:
     def resume(self, topic: str) -> None:
         self.c.resume(self.tp)
 
-    def protocol_errors(self) -> list[str]:
-        return self.log.protocol_errors()
-
-    def close(self) -> None:
+    def _stop(self) -> None:
         self.c.close()
-        self.log.close()
 
 
-class AioKafkaConsumer:
+class AioKafkaConsumer(AioClientWrapper):
     """aiokafka on a loop of its own, driven one step at a time."""
 
     def __init__(self, bootstrap: str, reset: str) -> None:
@@ -342,15 +361,8 @@ class AioKafkaConsumer:
     def resume(self, topic: str) -> None:
         self._call(self.c.resume, self.tp)
 
-    def protocol_errors(self) -> list[str]:
-        return self.log.protocol_errors()
-
-    def close(self) -> None:
-        try:
-            self.loop.run_until_complete(self.c.stop())
-        finally:
-            self.loop.close()
-            self.log.close()
+    def _client(self):
+        return self.c
 
 
 CONSUMERS = {"confluent": ConfluentConsumer, "kafka-python": KafkaPythonConsumer, "aiokafka": AioKafkaConsumer}
@@ -497,7 +509,7 @@ EXPECTED = {
 }
 
 
-class ConfluentProducer:
+class ConfluentProducer(ClientWrapper):
     def __init__(self, bootstrap: str) -> None:
         logger, self.log = librdkafka_logger()
         self.p = ck.Producer({
@@ -517,15 +529,11 @@ class ConfluentProducer:
         err = result[0]
         return None if err is None else err.name()
 
-    def protocol_errors(self) -> list[str]:
-        return self.log.protocol_errors()
-
-    def close(self) -> None:
+    def _stop(self) -> None:
         assert self.p.flush(scaled(30)) == 0
-        self.log.close()
 
 
-class KafkaPythonProducer:
+class KafkaPythonProducer(ClientWrapper):
     def __init__(self, bootstrap: str) -> None:
         self.log = LogCapture("kafka")
         # Not idempotent: kafka-python 3.0's idempotent producer classifies every
@@ -545,15 +553,11 @@ class KafkaPythonProducer:
             return type(e).__name__
         return None
 
-    def protocol_errors(self) -> list[str]:
-        return self.log.protocol_errors()
-
-    def close(self) -> None:
+    def _stop(self) -> None:
         self.p.close(timeout=scaled(30))
-        self.log.close()
 
 
-class AioKafkaProducer:
+class AioKafkaProducer(AioClientWrapper):
     def __init__(self, bootstrap: str) -> None:
         self.log = LogCapture("aiokafka")
         self.loop = asyncio.new_event_loop()
@@ -575,15 +579,8 @@ class AioKafkaProducer:
             return type(e).__name__
         return None
 
-    def protocol_errors(self) -> list[str]:
-        return self.log.protocol_errors()
-
-    def close(self) -> None:
-        try:
-            self.loop.run_until_complete(self.p.stop())
-        finally:
-            self.loop.close()
-            self.log.close()
+    def _client(self):
+        return self.p
 
 
 PRODUCERS = {"confluent": ConfluentProducer, "kafka-python": KafkaPythonProducer, "aiokafka": AioKafkaProducer}
@@ -677,7 +674,7 @@ GROUP_ERRORS = {
 }
 
 
-class ConfluentGroupMember:
+class ConfluentGroupMember(ClientWrapper):
     def __init__(self, bootstrap: str, group: str, topic: str) -> None:
         logger, self.log = librdkafka_logger()
         self.c = ck.Consumer({
@@ -704,9 +701,8 @@ class ConfluentGroupMember:
     def log_lines(self) -> list[str]:
         return self.log.lines
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         self.c.close()
-        self.log.close()
 
 
 class KafkaPythonGroupMember:
