@@ -12,11 +12,14 @@ UMLOG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(umlog.__file__)))
 def subprocess_env() -> dict:
     """Environment for a child Python that must import the same umlog.
 
-    Run such children with cwd outside the source tree too: `python -c` puts
-    the cwd first on sys.path, and an unbuilt tree must not shadow the package.
+    `python -c` and `python -m` put the cwd first on sys.path, and a checkout
+    whose extension was never built in place (CI installs the package into a
+    venv) must not shadow the installed package: PYTHONSAFEPATH turns that off,
+    and children still run with cwd outside the source tree where they can.
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONSAFEPATH"] = "1"
     return env
 
 

@@ -61,6 +61,7 @@ def cpu_s(pid: int) -> float:
 def child_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONSAFEPATH"] = "1"  # an unbuilt checkout in the cwd must not shadow the installed package
     if extra:
         env.update(extra)
     return env

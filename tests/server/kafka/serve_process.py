@@ -10,13 +10,10 @@ import sys
 import threading
 import time
 
-from helpers import scaled
+from helpers import scaled, subprocess_env
 
-import umlog
-
-# Run the same umlog the tests import (the source tree after build_ext --inplace,
-# or the installed package in CI), from a neutral working directory.
-UMLOG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(umlog.__file__)))
+# The child runs the same umlog the tests import (subprocess_env), from a
+# neutral working directory.
 READY = re.compile(r"umlog ready kafka=127\.0\.0\.1:(\d+)")
 
 
@@ -25,8 +22,7 @@ class ServeProcess:
 
     def __init__(self, data_dir: str, *args: str, timeout: float = 30.0, verbose: int = 0) -> None:
         self.data_dir = data_dir
-        env = dict(os.environ)
-        env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+        env = subprocess_env()
         # -vv logs the group coordinator's joins and state changes: what a test
         # waits on when the clients cannot show it (e.g. a generation).
         self.proc = subprocess.Popen(

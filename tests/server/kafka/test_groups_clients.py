@@ -22,11 +22,11 @@ import time
 import uuid
 
 import pytest
-from helpers import scaled, wait_until
+from helpers import scaled, subprocess_env, wait_until
 
 import umlog
 
-from .serve_process import UMLOG_PARENT, ServeProcess
+from .serve_process import ServeProcess
 
 pytestmark = pytest.mark.clients
 
@@ -121,8 +121,7 @@ log("closed")
 class Member:
     def __init__(self, server, group, topic, strategy, path, session_ms=SESSION_MS):
         self.path = path
-        env = dict(os.environ)
-        env["PYTHONPATH"] = UMLOG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+        env = subprocess_env()
         self.proc = subprocess.Popen([sys.executable, "-c", MEMBER, server.bootstrap, group, topic, strategy, path,
                                       str(session_ms)],
                                      stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
@@ -365,7 +364,7 @@ def test_admin_lists_and_describes_the_group_with_its_members(server):
         # The CLI against the server: members, assignments, offsets.
         out = subprocess.run([sys.executable, "-m", "umlog", "groups", "describe", "admg", "--bootstrap",
                               server.bootstrap, "--json"], capture_output=True, timeout=scaled(60),
-                             env={**os.environ, "PYTHONPATH": UMLOG_PARENT}, cwd=str(os.path.dirname(server.data_dir)))
+                             env=subprocess_env(), cwd=str(os.path.dirname(server.data_dir)))
         assert out.returncode == 0, out.stderr.decode()
         desc = json.loads(out.stdout)
         assert desc["state"] == "Stable" and len(desc["members"]) == 2
@@ -446,7 +445,7 @@ def test_server_restart_keeps_offsets_and_members_rejoin(tmp_path):
         # The CLI reads the data dir beside the running server (read-only, no lock).
         out = subprocess.run([sys.executable, "-m", "umlog", "groups", "describe", "rsg", "--data-dir", data,
                               "--json"], capture_output=True, timeout=scaled(60), cwd=str(tmp_path),
-                             env={**os.environ, "PYTHONPATH": UMLOG_PARENT})
+                             env=subprocess_env())
         assert out.returncode == 0, out.stderr.decode()
         assert {o["partition"]: o["committed"] for o in json.loads(out.stdout)["offsets"]} == {0: 50, 1: 50}
         assert s.stop() == 0, s.stderr_text()
