@@ -68,6 +68,12 @@ MAX_METADATA_BYTES = 4096
 TopicPartition = tuple  # (topic: str, partition: int)
 
 
+# Groups whose names start with this hold the checkpoints of umlog's own services
+# (routes, redrives, the delay scheduler: ``delivery/forward.py``), not a
+# consumer's position: offsets expiry leaves them alone.
+SERVICE_GROUP_PREFIX = "umlog."
+
+
 class OffsetAndMetadata(NamedTuple):
     """One committed offset: the next offset to read, and what came with it."""
 
@@ -217,7 +223,8 @@ class OffsetStore:
         with no live member goes once ``retention_ms`` have passed since the
         group's last commit, or since it became empty when that is later
         (``empty_since_ms``, known to a running coordinator). Groups in ``live``
-        keep theirs. Returns {group: partitions} of what was deleted."""
+        keep theirs, and so do services' checkpoints (``SERVICE_GROUP_PREFIX``).
+        Returns {group: partitions} of what was deleted."""
         now = _now_ms() if now_ms is None else now_ms
         live = set(live)
         empty = empty_since_ms or {}
@@ -226,7 +233,7 @@ class OffsetStore:
             last = {g: max(v.commit_timestamp for v in offs.values()) for g, offs in self._offsets.items() if offs}
         out = {}
         for g, ts in last.items():
-            if g in live:
+            if g in live or g.startswith(SERVICE_GROUP_PREFIX):
                 continue
             if now - max(ts, empty.get(g, 0)) >= retention_ms:
                 out[g] = self.delete(g)
