@@ -472,6 +472,9 @@ class Broker:
         # again under the name starts with none).
         if "__consumer_offsets" in self._topics:
             self.offsets.delete_topic(name)
+        # And so does every share group's state for it.
+        if "__share_group_state" in self._topics:
+            self._share_groups().delete_topic(name)
 
     def alter_topic_config(
         self, name: str, set: Mapping[str, Any] | None = None, delete: Iterable[str] = ()
@@ -556,12 +559,15 @@ class Broker:
         ``lock_ms``, ``backoff_ms``, ``dead_letter``, ``start``, ``max_in_flight``,
         ``clock``). Every handle of a group in this process shares its state."""
         self._check_writable()
+        return self._share_groups().open(name, topics, **settings)
+
+    def _share_groups(self):
         with self._lock:
             if self._share is None:
                 from .delivery.group import ShareGroups
 
                 self._share = ShareGroups(self)
-        return self._share.open(name, topics, **settings)
+            return self._share
 
     def consume(self, topic, group: str | None = None, *, from_beginning: bool = False, follow: bool = False,
                 timeout: float | None = None, commit_every: int = 1000, max_records: int = 500):

@@ -57,6 +57,40 @@ def test_latest_is_kept_across_a_restart(data_dir, clock):
             b"while closed"]
 
 
+def test_a_deleted_topic_takes_its_share_state_with_it(data_dir, clock):
+    with umlog.open(data_dir) as b:
+        b.create_topic("orders").append_many([b"a", b"b", b"c"], partition=0)
+        b.create_topic("other").append_many([b"x"], partition=0)
+        q = b.share_group("g", topics=["orders", "other"], clock=clock, start="earliest")
+        got = q.acquire(10, timeout=0)
+        q.ack(got)
+        b.delete_topic("orders")
+        assert q.acquire(10, timeout=0) == []  # the open group goes on with what is left
+        b.topic("other").append_many([b"y"], partition=0)
+        got = q.acquire(10, timeout=0)
+        assert [r.value for r in got] == [b"y"]
+        q.ack(got)
+        assert {t for t, _ in b._share_groups().store.group_values("g")} == {"other"}
+        b.create_topic("orders").append_many([b"new"], partition=0)
+        # Created again: a partition of a topic the group knows starts at its beginning.
+        got = q.acquire(10, timeout=0)
+        assert [r.value for r in got] == [b"new"]
+        q.ack(got)
+    with umlog.open(data_dir) as b:  # and the tombstones were written, not only forgotten
+        b.delete_topic("orders")
+        b.create_topic("orders").append_many([b"again"], partition=0)
+        q = b.share_group("g", topics=["orders", "other"], clock=clock, start="earliest")
+        assert [r.value for r in q.acquire(10, timeout=0)] == [b"again"]
+
+
+def test_a_group_whose_only_topic_is_deleted_hands_out_nothing(broker, clock):
+    broker.create_topic("orders").append_many([b"a"], partition=0)
+    q = group(broker, clock)
+    q.ack(q.acquire(10, timeout=0))
+    broker.delete_topic("orders")
+    assert q.acquire(10, timeout=0) == []
+
+
 def test_ack_release_reject_and_the_dead_letter(broker, clock):
     t = broker.create_topic("orders", partitions=1)
     t.append_many([b"a", b"b", b"c"], [b"ka", b"kb", b"kc"], [[("h", b"1")], [], []], partition=0)

@@ -140,6 +140,16 @@ class ShareGroups:
                 core.check_same(list(topics), settings)
         return ShareGroup(core)
 
+    def delete_topic(self, topic: str) -> None:
+        """A topic was deleted: open groups drop its windows, and every group's saved
+        state for it goes (tombstones), so a topic created again under the name is
+        read from its own start, not from offsets of the one deleted."""
+        with self._lock:
+            cores = list(self._cores.values())
+        for core in cores:
+            core.forget_topic(topic)
+        self.store.delete_topic(topic)
+
 
 class _Core:
     """One share group's windows (see the module docstring); shared by its handles."""
@@ -204,8 +214,8 @@ class _Core:
         """Windows for partitions not known yet: from their saved state, else new
         (``start``; a partition added to a topic later starts at its beginning)."""
         fresh = {}
-        for t in self.topics:
-            topic = self.broker.topic(t)
+        for topic in self._live_topics():
+            t = topic.name
             for i, p in enumerate(topic.partitions):
                 if (t, i) in self._windows:
                     continue
@@ -225,9 +235,24 @@ class _Core:
         return self.broker.topic(w.topic).partitions[w.partition]
 
     def _refresh_partitions(self) -> None:
-        n = sum(self.broker.topic(t).num_partitions for t in self.topics)
+        n = sum(t.num_partitions for t in self._live_topics())
         if n != len(self._windows):
             self._add_windows({})
+
+    def _live_topics(self) -> list:
+        """The group's topics that exist now (one deleted is skipped until created again)."""
+        out = []
+        for name in self.topics:
+            try:
+                out.append(self.broker.topic(name))
+            except UnknownTopicError:
+                pass
+        return out
+
+    def forget_topic(self, topic: str) -> None:
+        with self._lock:
+            for k in [k for k in self._windows if k[0] == topic]:
+                del self._windows[k]
 
     def _on_append(self, p) -> None:
         if p.topic in self.topics:
@@ -264,11 +289,16 @@ class _Core:
         dirty: set = set()
         dead: list = []
         keys = list(self._windows)
+        if not keys:  # every topic of the group is deleted
+            return out, False, None
         first = self._rr % len(keys)
         self._rr += 1
         for j in range(len(keys)):
             w = self._windows[keys[(first + j) % len(keys)]]
-            p = self._partition(w)
+            try:
+                p = self._partition(w)
+            except UnknownTopicError:  # deleted this moment; forget_topic comes next
+                continue
             self._expire(w, now_m, now_w, dirty, dead)
             if p.start_offset > w.start:  # retention deleted records before they were done
                 w.skip_to(p.start_offset)

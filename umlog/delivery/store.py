@@ -94,6 +94,16 @@ class ShareStateStore:
                 else:
                     self._values[(group, t, i)] = v
 
+    def delete_topic(self, topic: str) -> None:
+        """Tombstones for every group's state of ``topic`` (one batch per group)."""
+        with self._lock:
+            gone: dict[str, dict] = {}
+            for g, t, p in self._values:
+                if t == topic:
+                    gone.setdefault(g, {})[(t, p)] = None
+        for g, values in gone.items():
+            self.write(g, values)
+
     def group_values(self, group: str) -> dict[tuple[str, int], bytes]:
         """``{(topic, partition): value}`` of one group, sorted."""
         self.refresh()
