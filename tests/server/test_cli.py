@@ -143,7 +143,7 @@ def test_a_file_that_is_not_toml_or_missing_is_one_line(tmp_path):
 def test_the_reference_table_names_every_setting():
     table = reference(all_settings())
     for s in all_settings():
-        assert f"`[{s.table}] {s.key}`" in table
+        assert f"`{s.title}`" in table
 
 
 def test_the_readme_table_is_the_one_the_code_makes():

@@ -71,5 +71,6 @@ def all_settings() -> list[Setting]:
     from the doors' light settings modules: no protocol code is imported)."""
     from .kafka.settings import KAFKA_SETTINGS
     from .settings import SERVER_SETTINGS
+    from .webhooks import WEBHOOK_SETTINGS
 
-    return [*SERVER_SETTINGS, *KAFKA_SETTINGS]
+    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *WEBHOOK_SETTINGS]

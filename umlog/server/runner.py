@@ -1,9 +1,11 @@
 """``umlog serve``: open the data dir, start every door on one hub and one loop, stop cleanly.
 
 Lifecycle: open the broker (one writer process per data dir) -> make the hub
--> start each enabled door -> print one line ``umlog ready kafka=HOST:PORT ...``
+-> start each enabled door -> start the webhooks (``[[webhook]]`` and
+``DATA/meta/webhooks.json``, see ``umlog.delivery.webhook``) -> print one line ``umlog ready kafka=HOST:PORT ...``
 on stdout (the ports actually bound, so ``127.0.0.1:0`` works for tests) ->
-serve until SIGTERM/SIGINT -> every door stops accepting, held requests are
+serve until SIGTERM/SIGINT -> the webhooks stop acquiring and their
+deliveries in flight get ``SHUTDOWN_GRACE_S`` -> every door stops accepting, held requests are
 answered (long polls wake, held group joins answer), in-flight requests get
 at most ``SHUTDOWN_GRACE_S`` -> connections close -> the broker closes (flush,
 fsync, write ``DATA/.clean``).
@@ -59,6 +61,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
     broker = umlog.open(server["data_dir"], fsync=server["fsync"], cleaner_interval_ms=server["cleaner_interval_ms"])
     hub = None
     doors: list = []
+    webhooks = None
     try:
         max_conn = server["max_connections"]
         hub = Hub(broker, max_connections=max_conn if max_conn is not None else default_max_connections(),
@@ -80,6 +83,12 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
             bound.append(f"{cls.name}={address}")
         if not doors:
             raise ValueError("every door is off: give at least one listen address")
+        from umlog.delivery.webhook import Webhooks
+
+        from .webhooks import webhook_configs
+
+        webhooks = Webhooks(broker, webhook_configs(settings), create_topic=hub.create_topic)
+        await webhooks.start()
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -97,8 +106,11 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
             for sig in installed:
                 loop.remove_signal_handler(sig)
             log.info("shutting down")
+            await webhooks.stop(SHUTDOWN_GRACE_S)
             await hub.drain(doors, SHUTDOWN_GRACE_S)
     finally:
+        if webhooks is not None and not webhooks.stopped:
+            await webhooks.stop(0)
         for door in doors:  # a door that failed to start leaves the others to close
             await door.close()
         if hub is not None:

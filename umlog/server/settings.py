@@ -8,7 +8,8 @@ them, and ``reference()`` prints them as the documentation table, so a setting
 cannot exist in one place and be missing from another.
 
 The file is TOML, one table per door plus ``[server]`` and
-``[topics.defaults]``::
+``[topics.defaults]``, and arrays of tables for services configured once per
+instance (``[[webhook]]``; routes and mirrors later)::
 
     [server]
     data_dir = "./umlog-data"
@@ -20,6 +21,22 @@ The file is TOML, one table per door plus ``[server]`` and
 
     [topics.defaults]
     "retention.ms" = 86400000
+
+    [[webhook]]
+    name = "orders"
+    topic = "orders"
+    url = "https://example.com/hooks/orders"
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+An array of tables is declared once as ``ArrayOfTables(name, help, settings)``:
+its settings are ordinary ``Setting`` s of table ``name`` (marked ``array``),
+so they are checked, documented (``[[name]] key`` rows of the reference) and
+listed like the others, but have no flags. Each entry is checked on its own
+(unknown key, wrong type, a missing ``required`` key: the error names the
+entry by its position), gets the defaults of the keys it leaves out, and a
+``unique`` key (e.g. ``name``) may not repeat across entries.
+``Settings.array(name)`` returns the entries, ``check_entry`` checks one that
+comes from elsewhere (the CLI).
 
 Precedence: a flag given on the command line wins over the file, the file over
 the default. An unknown table or key, or a value of the wrong type or range, is
@@ -34,7 +51,8 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["Setting", "SettingsError", "Settings", "SERVER_SETTINGS", "parse_hostport", "load_file", "resolve"]
+__all__ = ["Setting", "ArrayOfTables", "SettingsError", "Settings", "SERVER_SETTINGS", "parse_hostport", "load_file",
+           "resolve", "check_entry"]
 
 
 class SettingsError(ValueError):
@@ -66,8 +84,12 @@ def parse_hostport(value: str, default_port: int = 9092) -> tuple[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One setting. ``kind`` is "str", "int", "bool", "hostport" or "choice";
-    ``default`` None means "unset" (the setting's help says what that does)."""
+    """One setting. ``kind`` is "str", "int", "bool", "hostport", "choice" or
+    "intpair" (``[min, max]``, two ints in the ``min``/``max`` bounds, the first
+    not above the second); ``default`` None means "unset" (the setting's help
+    says what that does). ``array``: a key of each entry of the array of tables
+    ``[[table]]`` (see ``ArrayOfTables``); ``required``: an entry must give it;
+    ``unique``: no two entries may give the same value."""
 
     table: str
     key: str
@@ -78,10 +100,18 @@ class Setting:
     choices: tuple[str, ...] = ()
     min: int | None = None
     max: int | None = None
+    array: bool = False
+    required: bool = False
+    unique: bool = False
 
     @property
     def name(self) -> str:
         return f"{self.table}.{self.key}"
+
+    @property
+    def title(self) -> str:
+        """How the docs name it: ``[server] data_dir``, ``[[webhook]] url``."""
+        return f"[[{self.table}]] {self.key}" if self.array else f"[{self.table}] {self.key}"
 
     def check(self, value: Any, where: str) -> Any:
         """The value converted to the setting's type, or a SettingsError naming it."""
@@ -98,6 +128,15 @@ class Setting:
             if self.min is not None and value < self.min or self.max is not None and value > self.max:
                 raise SettingsError(f"{where}: {self.name} must be in [{self.min}, {self.max}], not {value}")
             return value
+        if k == "intpair":
+            if (not isinstance(value, (list, tuple)) or len(value) != 2
+                    or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+                raise SettingsError(f"{where}: {self.name} must be [min, max] (two integers), not {value!r}")
+            lo, hi = value
+            if (self.min is not None and lo < self.min or self.max is not None and hi > self.max) or lo > hi:
+                raise SettingsError(f"{where}: {self.name} must be [min, max] with {self.min} <= min <= max"
+                                    f" <= {self.max}, not {list(value)}")
+            return [lo, hi]
         if not isinstance(value, str):
             raise SettingsError(f"{where}: {self.name} must be a string, not {value!r}")
         if k == "choice" and value not in self.choices:
@@ -143,12 +182,39 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class ArrayOfTables:
+    """A TOML array of tables, ``[[name]]``: one entry per configured instance of
+    a service (webhooks, routes, mirrors). Iterating it gives its settings,
+    marked ``array`` and of table ``name``, so ``[*SERVER_SETTINGS, *WEBHOOKS]``
+    is a list of settings like any other (see the module docstring)."""
+
+    name: str
+    help: str
+    settings: tuple[Setting, ...]
+    #: ``check(entry, where)`` -> the entry: checks past each key's own (a URL that
+    #: parses, a secret that decodes); raises SettingsError
+    check: Any = None
+
+    def __post_init__(self) -> None:
+        fixed = tuple(dataclasses.replace(s, table=self.name, array=True, flag=None) for s in self.settings)
+        object.__setattr__(self, "settings", fixed)
+        if self.check is not None:
+            _ENTRY_CHECKS[self.name] = self.check
+
+    def __iter__(self):
+        return iter(self.settings)
+
+
 class Settings:
-    """Resolved settings: ``s.get("kafka", "listen")``, ``s.table("server")``, and
+    """Resolved settings: ``s.get("kafka", "listen")``, ``s.table("server")``,
+    ``s.array("webhook")`` (a list of entries, each a dict with every key), and
     ``s.topic_defaults`` (the ``[topics.defaults]`` table, Kafka-named topic configs)."""
 
-    def __init__(self, values: dict[str, dict[str, Any]], topic_defaults: Mapping[str, Any]) -> None:
+    def __init__(self, values: dict[str, dict[str, Any]], topic_defaults: Mapping[str, Any],
+                 arrays: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
         self._values = values
+        self._arrays = {k: list(v) for k, v in (arrays or {}).items()}
         self.topic_defaults = dict(topic_defaults)
 
     def get(self, table: str, key: str) -> Any:
@@ -157,8 +223,54 @@ class Settings:
     def table(self, table: str) -> dict[str, Any]:
         return dict(self._values.get(table, {}))
 
+    def array(self, name: str) -> list[dict[str, Any]]:
+        return [dict(e) for e in self._arrays.get(name, [])]
+
     def __repr__(self) -> str:
-        return f"Settings({self._values!r}, topic_defaults={self.topic_defaults!r})"
+        return f"Settings({self._values!r}, topic_defaults={self.topic_defaults!r}, arrays={self._arrays!r})"
+
+
+def check_entry(settings: Iterable[Setting], entry: Any, where: str) -> dict[str, Any]:
+    """One entry of an array of tables, checked against its ``settings`` (all of
+    one array): unknown keys, types, required keys; defaults filled in."""
+    keys = {s.key: s for s in settings}
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{where}: must be a table, not {entry!r}")
+    table = next(iter(keys.values())).table if keys else "?"
+    for key in entry:
+        if key not in keys:
+            raise SettingsError(f"{where}: unknown key {table}.{key} (known in [[{table}]]: "
+                                f"{', '.join(sorted(keys))})")
+    out = {}
+    for key, s in keys.items():
+        if key in entry:
+            out[key] = s.check(entry[key], where)
+        elif s.required:
+            raise SettingsError(f"{where}: {table}.{key} is required")
+        else:
+            out[key] = list(s.default) if isinstance(s.default, (list, tuple)) else s.default
+    return out
+
+
+_ENTRY_CHECKS: dict[str, Any] = {}  # array name -> its ArrayOfTables.check
+
+
+def _check_array(settings: list[Setting], body: Any, where: str) -> list[dict[str, Any]]:
+    table = settings[0].table
+    if not isinstance(body, list):
+        raise SettingsError(f"{where}: {table} must be an array of tables ([[{table}]]), not a single table")
+    entries = [check_entry(settings, e, f"{where}: [[{table}]] #{i + 1}") for i, e in enumerate(body)]
+    extra = _ENTRY_CHECKS.get(table)
+    if extra is not None:
+        entries = [extra(e, f"{where}: [[{table}]] #{i + 1}") for i, e in enumerate(entries)]
+    for s in settings:
+        if s.unique:
+            seen: set = set()
+            for i, e in enumerate(entries):
+                if e[s.key] in seen:
+                    raise SettingsError(f"{where}: [[{table}]] #{i + 1}: {s.name} = {e[s.key]!r} is given twice")
+                seen.add(e[s.key])
+    return entries
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -178,9 +290,14 @@ def resolve(declared: Iterable[Setting], file_data: Mapping[str, Any] | None = N
     values are flags not given). Every key is checked against ``declared``."""
     declared = list(declared)
     by_table: dict[str, dict[str, Setting]] = {}
+    arrays: dict[str, list[Setting]] = {}
     for s in declared:
-        by_table.setdefault(s.table, {})[s.key] = s
+        if s.array:
+            arrays.setdefault(s.table, []).append(s)
+        else:
+            by_table.setdefault(s.table, {})[s.key] = s
     values = {t: {k: s.default for k, s in keys.items()} for t, keys in by_table.items()}
+    array_values: dict[str, list[dict[str, Any]]] = {t: [] for t in arrays}
     topic_defaults: dict[str, Any] = {}
     where = file_name or "config"
     for table, body in (file_data or {}).items():
@@ -189,9 +306,12 @@ def resolve(declared: Iterable[Setting], file_data: Mapping[str, Any] | None = N
                 raise SettingsError(f"{where}: [topics] holds only a [topics.defaults] table")
             topic_defaults = _topic_defaults(body.get("defaults", {}), where)
             continue
+        if table in arrays:
+            array_values[table] = _check_array(arrays[table], body, where)
+            continue
         keys = by_table.get(table)
         if keys is None:
-            known = ", ".join(sorted([*by_table, "topics"]))
+            known = ", ".join(sorted([*by_table, "topics", *(f"[{a}]" for a in arrays)]))
             raise SettingsError(f"{where}: unknown table [{table}] (known: {known})")
         if not isinstance(body, dict):
             raise SettingsError(f"{where}: {table} must be a table ([{table}])")
@@ -207,7 +327,7 @@ def resolve(declared: Iterable[Setting], file_data: Mapping[str, Any] | None = N
         table, _, key = name.partition(".")
         s = by_table[table][key]
         values[table][key] = s.check(value, "command line")
-    return Settings(values, topic_defaults)
+    return Settings(values, topic_defaults, array_values)
 
 
 def _topic_defaults(table: Any, where: str) -> dict[str, Any]:
@@ -230,5 +350,9 @@ def reference(declared: Iterable[Setting]) -> str:
         default = "unset" if s.default is None else repr(s.default).replace("'", '"')
         if s.kind == "bool":
             default = str(s.default).lower()
-        rows.append(f"| `[{s.table}] {s.key}` | {f'`{s.flag}`' if s.flag else ''} | {default} | {s.help} |")
+        elif s.kind == "intpair" and s.default is not None:
+            default = f"[{s.default[0]}, {s.default[1]}]"
+        if s.required:
+            default = "required"
+        rows.append(f"| `{s.title}` | {f'`{s.flag}`' if s.flag else ''} | {default} | {s.help} |")
     return "\n".join(rows)
