@@ -101,6 +101,9 @@ main.add_command(groups.groups)
 from umlog.commands import share_groups  # noqa: E402  (umlog share-groups list|describe)
 
 main.add_command(share_groups.share_groups)
+from umlog.commands import webhooks  # noqa: E402  (umlog webhooks list|add|remove|status)
+
+main.add_command(webhooks.webhooks)
 
 
 if __name__ == "__main__":  # pragma: no cover
