@@ -378,6 +378,7 @@ class Webhook:
         self._acks: list = []
         self._acks_scheduled = False
         self._due: float | None = None  # loop time when a released record comes back
+        self.idle_s = POLL_S  # the longest the pump waits without a wake-up
         self.changed = True  # stats changed since the status file was written
 
     @property
@@ -494,7 +495,7 @@ class Webhook:
                     self._dispatch(r)
                 await asyncio.sleep(0)
                 continue
-            timeout = POLL_S
+            timeout = self.idle_s
             if self._due is not None:
                 timeout = min(timeout, max(0.0, self._due - loop.time()) + 0.005)
                 if self._due <= loop.time():
