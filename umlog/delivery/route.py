@@ -44,8 +44,10 @@ as many partitions as the source; else the key's murmur2 hash modulo the
 target's partitions (as the engine's ``Topic.append``), and for a keyless
 record the source partition modulo the target's partitions. Partition counts
 are read when the router starts: a topic that grows meanwhile is mapped anew
-at the next start. A missing target is created with the source's partition
-count.
+at the next start (and, growing within the records read again after a crash,
+breaks the once-only guarantee for those). A missing target is created with
+the source's partition count; a missing source is created too (see
+``Router``).
 
 Theory of operation
 -------------------
@@ -358,14 +360,18 @@ class Router:
     ``stop()`` checkpoints and ends it; ``pump()`` routes what is there now on the
     calling thread instead (a router that is not started).
 
-    ``create_topic(name, partitions)`` makes missing targets (default: the
-    broker's; the server passes its hub's, which applies ``[topics.defaults]``).
+    ``create_topic(name, partitions)`` makes missing topics (default: the
+    broker's; the server passes its hub's, which applies ``[topics.defaults]``):
+    a target with the source's partition count, a source with
+    ``source_partitions`` (the server passes the Kafka door's
+    ``default_partitions``, as if a client had asked for it first).
     """
 
-    def __init__(self, broker, routes: Iterable[Route] = (), *, create_topic=None) -> None:
+    def __init__(self, broker, routes: Iterable[Route] = (), *, create_topic=None, source_partitions: int = 1) -> None:
         self.broker = broker
         self.routes = check_routes(routes)
         self._create_topic = create_topic or broker.create_topic
+        self.source_partitions = source_partitions
         self._sources: list[_Source] = []
         self._source_topics: frozenset[str] = frozenset()
         self._opened = False
@@ -379,16 +385,19 @@ class Router:
 
     # -- set up -------------------------------------------------------------------
 
-    def _ensure_target(self, route: Route, src_n: int):
+    def _ensure(self, route: Route, topic: str, partitions: int):
         try:
-            return self.broker.topic(route.target)
+            return self.broker.topic(topic)
         except UnknownTopicError:
             try:
-                t = self._create_topic(route.target, src_n)
-                log.info("route %s: created %s with %d partitions", route.name, route.target, src_n)
+                t = self._create_topic(topic, partitions)
+                log.info("route %s: created %s with %d partitions", route.name, topic, partitions)
                 return t
             except TopicExistsError:
-                return self.broker.topic(route.target)
+                return self.broker.topic(topic)
+
+    def _ensure_target(self, route: Route, src_n: int):
+        return self._ensure(route, route.target, src_n)
 
     def _open(self) -> None:
         if self._opened:
@@ -396,7 +405,7 @@ class Router:
         sources = []
         for route in self.routes:
             cond = Condition(route.when)
-            src_n = self.broker.topic(route.source).num_partitions  # UnknownTopicError: a missing source
+            src_n = self._ensure(route, route.source, self.source_partitions).num_partitions
             tgt_n = self._ensure_target(route, src_n).num_partitions
             for i in range(src_n):
                 s = _Source(self, route, cond, i, src_n, tgt_n)

@@ -70,7 +70,8 @@ def all_settings() -> list[Setting]:
     """The server's settings and every door's, in documentation order (read
     from the doors' light settings modules: no protocol code is imported)."""
     from .kafka.settings import KAFKA_SETTINGS
+    from .routes import ROUTE_SETTINGS
     from .settings import SERVER_SETTINGS
     from .webhooks import WEBHOOK_SETTINGS
 
-    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *WEBHOOK_SETTINGS]
+    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS]

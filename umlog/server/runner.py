@@ -2,12 +2,15 @@
 
 Lifecycle: open the broker (one writer process per data dir) -> make the hub
 -> start each enabled door -> start the webhooks (``[[webhook]]`` and
-``DATA/meta/webhooks.json``, see ``umlog.delivery.webhook``) -> print one line ``umlog ready kafka=HOST:PORT ...``
+``DATA/meta/webhooks.json``, see ``umlog.delivery.webhook``) -> start the
+routes (``[[route]]``: one ``umlog.delivery.route.Router``, a thread of its
+own) -> print one line ``umlog ready kafka=HOST:PORT ...``
 on stdout (the ports actually bound, so ``127.0.0.1:0`` works for tests) ->
 serve until SIGTERM/SIGINT -> the webhooks stop acquiring and their
 deliveries in flight get ``SHUTDOWN_GRACE_S`` -> every door stops accepting, held requests are
 answered (long polls wake, held group joins answer), in-flight requests get
-at most ``SHUTDOWN_GRACE_S`` -> connections close -> the broker closes (flush,
+at most ``SHUTDOWN_GRACE_S`` -> the router checkpoints and its thread ends
+-> connections close -> the broker closes (flush,
 fsync, write ``DATA/.clean``).
 
 ``--fsync always`` is the engine's own mode; the hub acknowledges each append
@@ -62,6 +65,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
     hub = None
     doors: list = []
     webhooks = None
+    router = None
     try:
         max_conn = server["max_connections"]
         hub = Hub(broker, max_connections=max_conn if max_conn is not None else default_max_connections(),
@@ -89,6 +93,15 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
 
         webhooks = Webhooks(broker, webhook_configs(settings), create_topic=hub.create_topic)
         await webhooks.start()
+        from umlog.delivery.route import Router
+
+        from .routes import route_specs
+
+        routes = route_specs(settings)
+        if routes:
+            router = Router(broker, routes, create_topic=hub.create_topic,
+                            source_partitions=settings.table("kafka").get("default_partitions") or 1)
+            await asyncio.to_thread(router.start)  # opens every source partition's checkpoint
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -111,6 +124,8 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
     finally:
         if webhooks is not None and not webhooks.stopped:
             await webhooks.stop(0)
+        if router is not None:
+            await asyncio.to_thread(router.stop)  # checkpoints every route
         for door in doors:  # a door that failed to start leaves the others to close
             await door.close()
         if hub is not None:

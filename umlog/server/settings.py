@@ -195,12 +195,17 @@ class ArrayOfTables:
     #: ``check(entry, where)`` -> the entry: checks past each key's own (a URL that
     #: parses, a secret that decodes); raises SettingsError
     check: Any = None
+    #: ``check_all(entries, where)``: checks across entries (routes that form a
+    #: cycle), after every entry's own; raises SettingsError
+    check_all: Any = None
 
     def __post_init__(self) -> None:
         fixed = tuple(dataclasses.replace(s, table=self.name, array=True, flag=None) for s in self.settings)
         object.__setattr__(self, "settings", fixed)
         if self.check is not None:
             _ENTRY_CHECKS[self.name] = self.check
+        if self.check_all is not None:
+            _ARRAY_CHECKS[self.name] = self.check_all
 
     def __iter__(self):
         return iter(self.settings)
@@ -253,6 +258,7 @@ def check_entry(settings: Iterable[Setting], entry: Any, where: str) -> dict[str
 
 
 _ENTRY_CHECKS: dict[str, Any] = {}  # array name -> its ArrayOfTables.check
+_ARRAY_CHECKS: dict[str, Any] = {}  # array name -> its ArrayOfTables.check_all
 
 
 def _check_array(settings: list[Setting], body: Any, where: str) -> list[dict[str, Any]]:
@@ -270,6 +276,9 @@ def _check_array(settings: list[Setting], body: Any, where: str) -> list[dict[st
                 if e[s.key] in seen:
                     raise SettingsError(f"{where}: [[{table}]] #{i + 1}: {s.name} = {e[s.key]!r} is given twice")
                 seen.add(e[s.key])
+    whole = _ARRAY_CHECKS.get(table)
+    if whole is not None:
+        whole(entries, where)
     return entries
 
 
