@@ -47,7 +47,7 @@ machine = platform.machine().lower()
 extensions = [
     Extension(
         "umlog._native.core",
-        ["umlog/_native/core.pyx", "csrc/crc32c.c"],
+        ["umlog/_native/core.pyx", "csrc/crc32c.c", "csrc/crc32.c"],
         include_dirs=["csrc", "umlog/_native"],
         define_macros=define_macros,
         extra_compile_args=extra_compile_args,

@@ -398,3 +398,37 @@ class KeyMap:
     def superseded(self, offsets: Any, h1: Any) -> Any:
         """uint8 array: 1 where the map holds a newer offset of the record's
         key (and the key has no collision)."""
+
+# --- Kafka's old message format, magic 0 and 1 (legacy.pyx) ---------------------------
+
+def crc32(data: Buffer, crc: int = 0) -> int:
+    """CRC32 (IEEE, as zlib.crc32) of data, continuing from crc: the checksum of
+    Kafka's old message format."""
+
+def xxh32(data: Buffer, seed: int = 0) -> int:
+    """XXH32 of data (the hash of an LZ4 frame's header checksum)."""
+
+def legacy_to_batch(buf: Buffer, pos: int = 0, end: int = -1) -> tuple[bytes, int]:
+    """An old message set (Produce v0-2) as one RecordBatch v2: (batch, count).
+    Every message's CRC32 checked, compressed messages opened (gzip, xerial or
+    raw snappy, lz4 with Kafka 0.8's broken header checksum for magic 0),
+    offsets ignored (baseOffset 0, deltas 0..n-1), magic 0 timestamps -1, no
+    producer id; compressed in the first compressed message's codec.
+    CorruptBatchError (``position``: the top-level message) on a bad CRC,
+    truncation, a malformed or empty set."""
+
+def batch_to_legacy(
+    buf: Buffer,
+    magic: int,
+    pos: int = 0,
+    end: int = -1,
+    min_offset: int = 0,
+    max_bytes: int = -1,
+    at_least_one: bool = True,
+) -> tuple[bytes, int]:
+    """Stored v2 batches in [pos, end) as an old message set of ``magic`` (0/1)
+    for Fetch v0-3: (message_set, next_offset). CRC32C checked per batch;
+    control batches, records below min_offset and headers left out; gzip,
+    snappy and lz4 batches become one compressed message each (zstd: sent
+    uncompressed); whole messages up to max_bytes, the first one always when
+    at_least_one."""

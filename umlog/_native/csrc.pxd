@@ -64,3 +64,8 @@ cdef extern from "crc32c.h" nogil:
     int umlog_crc32c_hw_available()
     uint32_t umlog_crc32c(uint32_t crc, const void *buf, size_t len)
     uint32_t umlog_crc32c_sw(uint32_t crc, const void *buf, size_t len)
+
+cdef extern from "crc32.h" nogil:
+    void umlog_crc32_init()
+    uint32_t umlog_crc32(uint32_t crc, const void *buf, size_t len)
+    uint32_t umlog_xxh32(const void *buf, size_t len, uint32_t seed)
