@@ -482,7 +482,9 @@ class Webhook:
             self._wake.clear()
             got = []
             room = self._room()
-            if room > 0:
+            # Acquire in batches (a quarter of the room at least) while deliveries
+            # are in flight: each acquire is a state write.
+            if room > 0 and (self._held == 0 or room >= max(1, self.config.concurrency // 4)):
                 try:
                     got = self._group.acquire(room, timeout=0)
                 except Exception as e:  # a failing disk: say so, try again later
