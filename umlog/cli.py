@@ -104,6 +104,9 @@ main.add_command(share_groups.share_groups)
 from umlog.commands import webhooks  # noqa: E402  (umlog webhooks list|add|remove|status)
 
 main.add_command(webhooks.webhooks)
+from umlog.commands import dlq  # noqa: E402  (umlog dlq list|show|redrive)
+
+main.add_command(dlq.dlq)
 
 
 if __name__ == "__main__":  # pragma: no cover
