@@ -138,7 +138,7 @@ async def test_unsupported_version_with_schema_answers_unsupported_version(door)
     struct.pack(">i", -5),  # negative length
     struct.pack(">i", 3) + b"abc",  # shorter than any header
     struct.pack(">ihhi", 8, 999, 0, 1),  # unknown API key
-    struct.pack(">ihhi", 8, 0, 2, 1),  # Produce v2: advertised for librdkafka, not decodable
+    struct.pack(">ihhi", 8, 0, 2, 1),  # Produce v2 cut off before its client_id
     struct.pack(">ihhih", 10, 3, 12, 1, 50),  # truncated header (client_id says 50 bytes)
 ])
 async def test_bad_frames_close_only_that_connection(door, frame):

@@ -2,9 +2,10 @@
 
 The table of APIs is built from the handler modules (``handlers/*.py``): each
 declares ``API_KEY``, ``API_VERSIONS = (min, max)`` it can decode and answer,
-optionally ``ADVERTISED_VERSIONS`` (wider, for client feature detection; see
-``handlers/produce.py``) and ``decode_request`` (a hand-written fast decoder;
-otherwise kio's generated reader for that version is used).
+optionally ``ADVERTISED_VERSIONS`` (wider, for client feature detection),
+``decode_request`` (a hand-written fast decoder; otherwise kio's generated
+reader for that version is used) and ``decode_legacy_request`` (a decoder
+for the versions kio no longer has a schema for: ``legacy.py``).
 
 A handler is ``async def handle_<api>(ctx, req)`` returning a kio response
 entity (encoded here with kio's writer), a list of buffers (already-encoded
@@ -61,6 +62,7 @@ class Api:
     advertised: tuple[int, int]
     handle: Callable[..., Any]
     decode: Callable[[memoryview, int, int], Any] | None
+    decode_legacy: Callable[[memoryview, int, int], Any] | None = None
 
 
 def _collect(module: types.ModuleType) -> Api:
@@ -72,6 +74,7 @@ def _collect(module: types.ModuleType) -> Api:
         advertised=getattr(module, "ADVERTISED_VERSIONS", module.API_VERSIONS),
         handle=getattr(module, f"handle_{name}"),
         decode=getattr(module, "decode_request", None),
+        decode_legacy=getattr(module, "decode_legacy_request", None),
     )
 
 
@@ -287,6 +290,8 @@ async def dispatch(conn: KafkaProtocol | None, frame: bytearray, door=None) -> l
     try:
         if api.decode is not None:
             req = api.decode(view, header.body_pos, version)
+        elif req_cls is None and api.decode_legacy is not None:
+            req = api.decode_legacy(view, header.body_pos, version)
         else:
             req, used = entity_reader(req_cls)(view.toreadonly(), header.body_pos)
             reject_null_arrays(req)

@@ -5,10 +5,12 @@ Three things live here, each checked against kio as the oracle in
 
 * the request header (v1, or v2 for flexible versions), read straight from the
   frame without building a dataclass;
-* the Produce request decoder (v3-v11): record-batch bytes are handed on as
+* the Produce request decoder (v0-v11; v0-v2 carry old message sets, which
+  ``legacy.py`` converts): record-batch bytes are handed on as
   ``memoryview`` slices of the received frame, never copied in Python. The
   frame is a private ``bytearray``, so the engine can assign offsets in place;
-* the Fetch response encoder (v4-v12): headers are packed into small
+* the Fetch response encoder (v0-v12; v0-v3 carry old message sets that
+  ``legacy.py`` converted): headers are packed into small
   ``bytearray`` pieces and the stored batch buffers are put between them as
   they are, so one ``transport.writelines`` sends them without re-encoding.
   And the Produce response encoder, which is small but runs once per request.
@@ -141,7 +143,7 @@ def read_request_header(buf: memoryview, flexible: bool) -> RequestHeader:
     return RequestHeader(api_key, api_version, correlation_id, client_id, pos)
 
 
-# --- Produce request (v3-v11) --------------------------------------------------------
+# --- Produce request (v0-v11) --------------------------------------------------------
 
 
 class ProducePartitionData:
@@ -244,13 +246,14 @@ class _Cursor:
 
 
 def decode_produce_request(buf: memoryview, pos: int, version: int) -> ProduceRequestData:
-    """Decode a Produce request body (v3+) starting at ``pos`` of the frame.
+    """Decode a Produce request body starting at ``pos`` of the frame (v0-v2
+    have no transactional_id).
 
     Record sets are returned as views of ``buf``; keep the frame alive while they are used.
     """
     flexible = version >= 9
     c = _Cursor(buf, pos, "produce request")
-    transactional_id = c.string("transactional_id", flexible, nullable=True)
+    transactional_id = c.string("transactional_id", flexible, nullable=True) if version >= 3 else None
     acks = c.i16("acks")
     timeout_ms = c.i32("timeout_ms")
     topics: list[tuple[str, list[ProducePartitionData]]] = []
@@ -272,7 +275,7 @@ def decode_produce_request(buf: memoryview, pos: int, version: int) -> ProduceRe
     return ProduceRequestData(transactional_id, acks, timeout_ms, topics)
 
 
-# --- Produce response (v3-v11) -----------------------------------------------------
+# --- Produce response (v0-v11) -----------------------------------------------------
 
 
 def _put_string(out: bytearray, s: str, flexible: bool) -> None:
@@ -292,6 +295,7 @@ def _put_array_len(out: bytearray, n: int, flexible: bool) -> None:
 
 
 _partition_resp = struct.Struct(">ihqq")  # index, error_code, base_offset, log_append_time_ms
+_partition_resp_v0 = struct.Struct(">ihq")  # v0-v1: index, error_code, base_offset
 
 
 def encode_produce_response(
@@ -301,7 +305,8 @@ def encode_produce_response(
 ) -> bytearray:
     """Produce response body. ``topics`` is ``[(name, [(partition, error_code,
     base_offset, log_append_time_ms, log_start_offset)])]``. record_errors and
-    error_message (v8+) are always empty/null.
+    error_message (v8+) are always empty/null; v0 has no throttle time, v0-v1
+    no log append time.
     """
     flexible = version >= 9
     out = bytearray()
@@ -310,7 +315,10 @@ def encode_produce_response(
         _put_string(out, name, flexible)
         _put_array_len(out, len(parts), flexible)
         for index, error_code, base_offset, append_time, log_start in parts:
-            out += _partition_resp.pack(index, error_code, base_offset, append_time)
+            if version >= 2:
+                out += _partition_resp.pack(index, error_code, base_offset, append_time)
+            else:
+                out += _partition_resp_v0.pack(index, error_code, base_offset)
             if version >= 5:
                 out += _i64.pack(log_start)
             if version >= 8:
@@ -323,13 +331,14 @@ def encode_produce_response(
                 out.append(0)  # partition tagged fields
         if flexible:
             out.append(0)  # topic tagged fields
-    out += _i32.pack(throttle_ms)
+    if version >= 1:
+        out += _i32.pack(throttle_ms)
     if flexible:
         out.append(0)
     return out
 
 
-# --- Fetch response (v4-v12) ----------------------------------------------------------
+# --- Fetch response (v0-v12) ----------------------------------------------------------
 
 
 class FetchPartitionResult:
@@ -351,6 +360,7 @@ class FetchPartitionResult:
 
 
 _fetch_part_head = struct.Struct(">ihqq")  # index, error, high_watermark, last_stable_offset
+_fetch_part_head_v0 = struct.Struct(">ihq")  # v0-v3: index, error, high_watermark
 
 
 def encode_fetch_response(
@@ -364,13 +374,15 @@ def encode_fetch_response(
     batch buffers, which are passed through untouched (no copy, no re-encoding).
 
     last_stable_offset is the high watermark (no transactions); aborted_transactions
-    is null; preferred_read_replica (v11+) is -1. ``records`` of None is written
+    is null; preferred_read_replica (v11+) is -1. v0 has no throttle time, v0-v3
+    neither last_stable_offset nor aborted_transactions (their records are old
+    message sets, converted by the caller). ``records`` of None is written
     as a null field and is only for tests of how clients take it: the handler
     answers an error row with empty records, as Kafka does.
     """
     flexible = version >= 12
     pieces: list = []
-    out = bytearray(_i32.pack(throttle_ms))
+    out = bytearray(_i32.pack(throttle_ms) if version >= 1 else b"")
     if version >= 7:
         out += _ih.pack(error_code, session_id)
     topics = list(topics)
@@ -379,14 +391,17 @@ def encode_fetch_response(
         _put_string(out, name, flexible)
         _put_array_len(out, len(parts), flexible)
         for p in parts:
-            out += _fetch_part_head.pack(p.index, p.error_code, p.high_watermark, p.high_watermark)
-            if version >= 5:
-                out += _i64.pack(p.log_start_offset)
-            # aborted_transactions: null
-            if flexible:
-                out.append(0)
+            if version < 4:
+                out += _fetch_part_head_v0.pack(p.index, p.error_code, p.high_watermark)
             else:
-                out += b"\xff\xff\xff\xff"
+                out += _fetch_part_head.pack(p.index, p.error_code, p.high_watermark, p.high_watermark)
+                if version >= 5:
+                    out += _i64.pack(p.log_start_offset)
+                # aborted_transactions: null
+                if flexible:
+                    out.append(0)
+                else:
+                    out += b"\xff\xff\xff\xff"
             if version >= 11:
                 out += b"\xff\xff\xff\xff"  # preferred_read_replica -1
             records = p.records

@@ -21,9 +21,11 @@ Theory of operation
 3. Encode with ``wire.encode_fetch_response``: header pieces and the stored
    buffers, written with one ``writelines`` (no copy or re-encoding here).
 
-Decoded by kio (v4-v12; v13+ address topics by id, not offered). Advertised from
-v0 because librdkafka gates features on Fetch v2/v4 overlapping our range
-(rdkafka_feature.c); clients pick the highest common version.
+Decoded by kio (v4-v12; v13+ address topics by id, not offered). v0-v3 (clients
+from before Kafka 0.11) are decoded by ``..legacy`` and answered in the old
+message format they imply (magic 0 for v0-1, magic 1 for v2-3), converted from
+the stored batches natively in step 1 (``legacy.down_convert``: headers
+dropped, sizes those of the converted messages).
 
 Fetch sessions (KIP-227) are not offered: we answer session_id 0, which tells
 clients to keep sending full fetch requests; a request naming a session gets
@@ -40,12 +42,14 @@ from kio.schema.errors import ErrorCode
 from umlog import errors
 
 from ..errors import error_code_for
+from ..legacy import decode_fetch_request, down_convert, fetch_magic
 from ..wire import FetchPartitionResult, encode_fetch_response
 from ._util import to_ms
 
 API_KEY = 1
-API_VERSIONS = (4, 12)
-ADVERTISED_VERSIONS = (0, 12)
+API_VERSIONS = (0, 12)
+# v0-v3: kio has no schema for them
+decode_legacy_request = decode_fetch_request
 
 _NONE = ErrorCode.none.value
 _UNKNOWN = ErrorCode.unknown_topic_or_partition.value
@@ -56,8 +60,9 @@ _OUT_OF_RANGE = ErrorCode.offset_out_of_range.value
 _EMPTY: list = []
 
 
-def collect(door, topics, max_bytes: int):
-    """Read every requested partition once: (results, total bytes, any error)."""
+def collect(door, topics, max_bytes: int, magic: int | None = None):
+    """Read every requested partition once: (results, total bytes, any error).
+    ``magic`` 0 or 1: convert to that old message format (Fetch v0-3)."""
     b = door.broker
     results = []
     total = 0
@@ -85,6 +90,8 @@ def collect(door, topics, max_bytes: int):
                 continue
             try:
                 batches = p.read_batches(offset, max(limit, 1))
+                if magic is not None:
+                    converted, size = down_convert(batches, magic, offset, limit, total == 0)
             except errors.OffsetOutOfRangeError:
                 rows.append(FetchPartitionResult(index, _OUT_OF_RANGE, hw, start, _EMPTY))
                 error = True
@@ -92,6 +99,10 @@ def collect(door, topics, max_bytes: int):
             except Exception as e:
                 rows.append(FetchPartitionResult(index, error_code_for(e).value, hw, start, _EMPTY))
                 error = True
+                continue
+            if magic is not None:
+                total += size
+                rows.append(FetchPartitionResult(index, _NONE, hw, start, converted))
                 continue
             keep = []
             size = 0
@@ -124,8 +135,9 @@ async def handle_fetch(ctx, req):
     deadline = time.monotonic() + max_wait_ms / 1000.0
     keys = [(ft.topic, fp.partition) for ft in req.topics for fp in ft.partitions]
     loop = asyncio.get_running_loop()
+    magic = fetch_magic(version)
     while True:
-        results, total, error = collect(door, req.topics, max_bytes)
+        results, total, error = collect(door, req.topics, max_bytes, magic)
         if total >= min_bytes or error or not keys or door.shutting_down:
             break
         remaining = deadline - time.monotonic()

@@ -4,7 +4,9 @@ Latest is the high watermark (``end_offset``: no transactions, so it is also
 the last stable offset for read_committed). By timestamp, the answer is the
 first offset whose record timestamp is >= the one asked for, with that
 record's timestamp (decoded from the one batch that holds it); none: -1/-1.
-v1-v6 (v0 is gone from Kafka 4 and kio; v7's max-timestamp query is not offered).
+v1-v6, and v0 (gone from Kafka 4 and kio; Burrow and other old clients ask
+with it): its multi-offset answer is ``..legacy.list_offsets_v0``. v7's
+max-timestamp query is not offered.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from kio.schema.errors import ErrorCode
 from umlog import errors
 
 from ..errors import error_code_for
+from ..legacy import decode_list_offsets_request, list_offsets_v0
 from ._util import ZERO_MS, make, response_module
 
 API_KEY = 2
-API_VERSIONS = (1, 6)
+API_VERSIONS = (0, 6)
+# v0: kio has no schema for it
+decode_legacy_request = decode_list_offsets_request
 
 EARLIEST = -2
 LATEST = -1
@@ -67,6 +72,8 @@ def lookup(door, name: str, index: int, timestamp: int) -> tuple[ErrorCode, int,
 
 
 async def handle_list_offsets(ctx, req):
+    if ctx.version == 0:
+        return list_offsets_v0(ctx.door, req)
     mod = response_module(ctx)
     topics = []
     for rt in req.topics:

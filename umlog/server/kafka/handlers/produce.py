@@ -6,11 +6,10 @@ every batch natively (CRC, magic, count, offset deltas), assigns offsets in plac
 and stores the bytes as they are, compressed or not. A refused batch stores
 nothing and answers CORRUPT_MESSAGE.
 
-Versions: we decode v3-v11 (RecordBatch v2 only) but advertise from v0, because
-librdkafka 2.0.2 (Debian's kcat) enables its MsgVer1 feature, and with it
-compression, only if Produce v2 overlaps our range (rdkafka_feature.c,
-RD_KAFKA_FEATURE_MSGVER1). Clients pick the highest common version, so v0-v2
-never arrive from them; if one does, the connection is closed (no schema).
+Versions: v3-v11 carry RecordBatch v2; v0-v2 (clients from before Kafka 0.11)
+carry the old message format, which ``..legacy.upconvert_produce`` turns into
+one RecordBatch v2 per partition before anything below sees it (a bad CRC or
+a malformed set: CORRUPT_MESSAGE for that partition).
 
 Sizes, as Kafka: a batch over the topic's ``max.message.bytes`` is
 MESSAGE_TOO_LARGE, a partition's records over ``segment.bytes``
@@ -50,11 +49,11 @@ from umlog.broker import INTERNAL_TOPICS
 from umlog.log.producer_state import seq_add
 
 from ..errors import error_code_for
+from ..legacy import upconvert_produce
 from ..wire import decode_produce_request, encode_produce_response
 
 API_KEY = 0
-API_VERSIONS = (3, 11)
-ADVERTISED_VERSIONS = (0, 11)
+API_VERSIONS = (0, 11)
 
 log = logging.getLogger("umlog.server.kafka")
 
@@ -188,11 +187,14 @@ async def handle_produce(ctx, req):
         refuse = ErrorCode.transactional_id_authorization_failed  # no transactions here
     results = []
     touched: dict = {}
+    # v0-v2: old message sets become RecordBatch v2 here, before the normal path
+    legacy_refused = upconvert_produce(req) if ctx.version < 3 and refuse is None else {}
     for name, parts in req.topics:
         rows = []
         for pd in parts:
-            if refuse is not None:
-                rows.append((pd.index, refuse, -1, -1, -1))
+            code = refuse if refuse is not None else legacy_refused.get((name, pd.index))
+            if code is not None:
+                rows.append((pd.index, code, -1, -1, -1))
                 continue
             code, base, append_time, log_start = _append_one(door, name, pd.index, pd.records, touched)
             rows.append((pd.index, code, base, append_time, log_start))
