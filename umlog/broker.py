@@ -59,7 +59,8 @@ FORMAT_VERSION = 1
 # Topics the broker keeps for itself: hidden from topics() unless asked for, never
 # deleted by delete_topic. ``__consumer_offsets`` holds committed group offsets,
 # ``__share_group_state`` the share groups' windows (umlog/delivery/state.py).
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state"})
+# ``__delayed`` the records of delayed delivery until they are due (umlog/delivery/delay.py).
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state", "__delayed"})
 
 class Topic:
     """A named set of partitions with one config.
@@ -84,6 +85,13 @@ class Topic:
     def _set_append_path(self) -> None:
         """Install the native append unless this topic needs the method below."""
         self.__dict__.pop("append", None)
+        delay = self._broker.hooks.delay
+        if delay is not None and self.name not in INTERNAL_TOPICS:
+            # A record with a delay header leaves the native path (only records
+            # with headers are looked at): umlog/delivery/delay.py.
+            self._appender.set_delayed(lambda v, k, h, t, p: delay.append_record(self, v, k, h, t, p))
+        else:
+            self._appender.set_delayed(None)
         if not self._sync_each and not self._readonly and not is_compacted(self.config):
             # The per-record hot path without a Python frame: the instance
             # attribute shadows the method below, which stays the documented
@@ -107,6 +115,10 @@ class Topic:
 
     def _on_full(self, index: int) -> None:
         self.partitions[index].seal()
+
+    def _next_sticky(self) -> int:
+        self._sticky = p = (self._sticky + 1) % len(self.partitions)
+        return p
 
     def _added_partitions(self) -> None:
         self._appender.set_batches([p.lock for p in self.partitions])
@@ -185,6 +197,7 @@ class Broker:
         interval_ms: int = 1000,
         linger_ms: int = 100,
         cleaner_interval_ms: int | None = 30_000,
+        delay_clock=None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
@@ -207,6 +220,11 @@ class Broker:
         self._flusher: threading.Thread | None = None
         self.was_clean = True
         self.hooks = AppendHooks()  # shared by every partition: listeners, deferred syncs
+        if not readonly:
+            # Delayed delivery (umlog/delivery/delay.py; delay_clock: seconds, as time.time).
+            from .delivery.delay import DelayHook
+
+            self.hooks.delay = DelayHook(self, delay_clock)
         self._open()
 
     # -- opening -----------------------------------------------------------------
@@ -248,6 +266,13 @@ class Broker:
             # Retention and compaction (umlog/log/cleaner.py): a thread every
             # cleaner_interval_ms (None or 0: none; run_retention/compact only).
             self._cleaner = Cleaner(self, self.cleaner_interval_ms)
+            if "__delayed" in self._topics:
+                # Pending delayed records: decided and scheduled before any append.
+                try:
+                    self.hooks.delay.ensure()
+                except BaseException:
+                    self.close()
+                    raise
 
     def _take_lock(self) -> None:
         lock_path = os.path.join(self.path, ".lock")
@@ -670,6 +695,8 @@ class Broker:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
+        if self.hooks.delay is not None:
+            self.hooks.delay.close()  # the scheduler's round ends, its stream checkpoints
         if self._cleaner is not None:
             self._cleaner.close()  # a compaction stops at its next chunk, before its commit
         with self._lock:

@@ -187,6 +187,12 @@ cdef class TopicAppender:
     cdef Py_ssize_t n
     cdef Py_ssize_t sticky
     cdef object on_full
+    cdef object delayed
+
+    def set_delayed(self, fn):
+        """``fn(value, key, headers, timestamp, partition)`` takes over a record
+        whose headers hold a delay key (umlog/delivery/delay.py); None: no check."""
+        self.delayed = fn
 
     def __init__(self, list batches, on_full):
         self.set_batches(batches)
@@ -230,14 +236,17 @@ cdef class TopicAppender:
         cdef OpenBatch ob
         cdef int64_t offset
         cdef bint full
+        if headers is not None:
+            if not (PyList_CheckExact(headers) or PyTuple_CheckExact(headers)):
+                headers = list(headers)  # run a generator's Python code before taking the lock
+            if self.delayed is not None and record_has_delay(headers):
+                return self.delayed(value, key, headers, timestamp, partition)
         if partition is None:
             p = self._route(key)
         else:
             p = partition
             if p < 0 or p >= self.n:
                 raise IndexError(f"no partition {partition} (the topic has {self.n})")
-        if headers is not None and not (PyList_CheckExact(headers) or PyTuple_CheckExact(headers)):
-            headers = list(headers)  # run a generator's Python code before taking the lock
         ob = <OpenBatch>self.batches[p]
         ob.acquire()
         try:

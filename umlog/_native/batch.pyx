@@ -526,6 +526,70 @@ cdef int check_batch(const char *base, Py_ssize_t pos, Py_ssize_t end,
     return 0
 
 
+# ---- delayed delivery: the two header keys (umlog/delivery/delay.py) -------------
+
+cdef bytes DELAY_MS_KEY = b"umlog-delay-ms"
+cdef bytes DELIVER_AT_KEY = b"umlog-deliver-at"
+
+
+cdef inline bint is_delay_key(const char *k, int32_t n) noexcept nogil:
+    if n == 14:
+        return memcmp(k, "umlog-delay-ms", 14) == 0
+    if n == 16:
+        return memcmp(k, "umlog-deliver-at", 16) == 0
+    return False
+
+
+cdef bint has_delay_header(const char *p, const char *e, int32_t count) noexcept nogil:
+    """Whether the headers at p (already parsed once, so well-formed) hold a delay key."""
+    cdef int32_t i, klen, vlen
+    cdef int err = 0
+    for i in range(count):
+        p = read_vi(p, e, &klen, &err)
+        if p == NULL:
+            return False
+        if klen > 0 and is_delay_key(p, klen):
+            return True
+        p += klen
+        p = read_vi(p, e, &vlen, &err)
+        if p == NULL:
+            return False
+        if vlen > 0:
+            p += vlen
+    return False
+
+
+cdef inline bint is_delay_key_obj(object k):
+    return k == "umlog-delay-ms" or k == "umlog-deliver-at" or k == DELAY_MS_KEY or k == DELIVER_AT_KEY
+
+
+cdef bint record_has_delay(object headers) except -1:
+    if headers is None:
+        return False
+    for kv in headers:
+        if is_delay_key_obj(kv[0]):
+            return True
+    return False
+
+
+def has_delay_headers(headers):
+    """Whether one record's headers ((key, value) pairs) hold a delay key."""
+    return record_has_delay(headers)
+
+
+def any_delay_headers(headers):
+    """Whether any record's headers, in a sequence of per-record header lists
+    (``append_many``'s ``headers``), hold a delay key."""
+    if headers is None:
+        return False
+    for hs in headers:
+        if hs:
+            for kv in hs:
+                if is_delay_key_obj(kv[0]):
+                    return True
+    return False
+
+
 cdef int check_batch_records(const char *base, Py_ssize_t pos, BatchHeader *h) except -1:
     """The records of a (length-checked) batch: exactly records_count
     well-formed records with offsetDelta 0..n-1 and nothing left over."""
@@ -562,6 +626,8 @@ cdef int check_batch_records(const char *base, Py_ssize_t pos, BatchHeader *h) e
                 raise CorruptBatchError(
                     f"offsetDelta {r.offset_delta} != {found} in record {found} "
                     f"of batch at position {pos}", pos)
+            if r.header_count > 0 and has_delay_header(r.headers, r.end, r.header_count):
+                h.delayed += 1
             found += 1
         if found != n:
             raise CorruptBatchError(
@@ -577,6 +643,9 @@ def validate_batch(buf, Py_ssize_t pos=0, Py_ssize_t end=-1, bint check_records=
     batchLength >= 49, magic 2, CRC32C, and (check_records) that the records
     (decompressed when compressed) are exactly recordsCount well-formed
     records with offsetDelta 0..n-1, lastOffsetDelta == n-1, nothing left over.
+    With check_records, ``BatchInfo.delayed`` counts the records that carry a
+    delay header (``umlog-delay-ms``, ``umlog-deliver-at``), found in the same
+    walk (only records with headers are looked at again).
 
     :return: BatchInfo
     :raises CorruptBatchError: naming the field, with ``position=pos``

@@ -375,6 +375,50 @@ cdef class BatchFilter:
         return data
 
 
+def drop_records(buf, Py_ssize_t pos, keep):
+    """The batch at ``pos`` without the records whose ``keep`` entry (a uint8
+    array, one per record) is 0, as new bytes: baseOffset, lastOffsetDelta, the
+    producer fields (id, epoch, baseSequence), baseTimestamp and the codec kept,
+    so the offsets of the dropped records become gaps, as after compaction, and
+    an idempotent producer's sequence range is unchanged. A batch left with no
+    record is written empty (recordsCount 0, no records section, codec none).
+    Delayed delivery takes its delayed records out of a producer's batch this
+    way (umlog/delivery/delay.py).
+    """
+    cdef Py_buffer view
+    cdef BatchHeader h
+    cdef BatchFilter f
+    cdef const char *base
+    cdef const uint8_t[::1] mask = keep
+    cdef Py_ssize_t size, i, kept = 0
+    cdef char hdr[C_BATCH_HEADER_SIZE]
+    get_buffer(buf, &view, False)
+    try:
+        base = <const char *>view.buf
+        size = walk_batch(base, pos, view.len, &h)
+        if size < 0:
+            raise CorruptBatchError(f"truncated batch at position {pos}", pos)
+        if mask.shape[0] != h.records_count:
+            raise ValueError(f"the mask has {mask.shape[0]} entries for {h.records_count} records")
+        for i in range(h.records_count):
+            if mask[i]:
+                kept += 1
+        if kept == h.records_count:
+            return PyBytes_FromStringAndSize(base + pos, size)
+        if kept == 0:
+            memset(hdr, 0, C_BATCH_HEADER_SIZE)
+            write_batch_header(hdr, C_BATCH_HEADER_SIZE, h.base_offset, h.partition_leader_epoch,
+                               <int16_t>(h.attributes & ~C_CODEC_MASK), h.last_offset_delta,
+                               h.base_timestamp, h.max_timestamp, h.producer_id,
+                               h.producer_epoch, h.base_sequence, 0)
+            return PyBytes_FromStringAndSize(hdr, C_BATCH_HEADER_SIZE)
+        f = BatchFilter()
+        f.rewrite(base, pos, &h, &mask[0])
+        return PyBytes_FromStringAndSize(f.out.data, f.out.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
 # ---- the offset map ---------------------------------------------------------------
 
 cdef struct KeySlot:

@@ -126,6 +126,13 @@ class BatchInfo:
     producer_epoch: int
     base_sequence: int
     crc: int
+    delayed: int  # records with a delay header (validate_batch with check_records; else 0)
+
+def has_delay_headers(headers: Iterable[tuple[str, Buffer | None]] | None) -> bool:
+    """Whether one record's headers hold ``umlog-delay-ms`` or ``umlog-deliver-at``."""
+
+def any_delay_headers(headers: Sequence[Iterable[tuple[str, Buffer | None]] | None] | None) -> bool:
+    """Whether any record's headers (per-record lists, as append_many takes) hold a delay key."""
 
 # --- encode ---------------------------------------------------------------------
 
@@ -319,6 +326,7 @@ class TopicAppender:
 
     def __init__(self, batches: list[OpenBatch], on_full: Callable[[int], Any]) -> None: ...
     def set_batches(self, batches: list[OpenBatch]) -> None: ...
+    def set_delayed(self, fn: Callable[..., RecordMetadata] | None) -> None: ...
     def append(
         self,
         value: Buffer | None,
@@ -380,6 +388,12 @@ class BatchFilter:
         or by finish()."""
     def finish(self) -> bytes:
         """End an open run of emptied batches: its bytes (maybe empty)."""
+
+def drop_records(buf: Buffer, pos: int, keep: Any) -> bytes:
+    """The batch at ``pos`` without the records whose ``keep`` (uint8, one per
+    record) is 0: baseOffset, lastOffsetDelta, producer fields, baseTimestamp
+    and codec kept (the dropped offsets become gaps); no record left: an empty
+    batch (recordsCount 0, codec none). Delayed delivery's batch split."""
 
 class KeyMap:
     """The newest offset of each key (by record_keys' 128-bit hash): a native

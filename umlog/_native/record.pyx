@@ -85,6 +85,7 @@ cdef struct BatchHeader:
     int16_t producer_epoch
     int32_t base_sequence
     int32_t records_count
+    int32_t delayed           # records with a delay header (check_batch_records counts)
 
 
 cdef inline void read_header(const char *b, BatchHeader *h) noexcept nogil:
@@ -102,6 +103,7 @@ cdef inline void read_header(const char *b, BatchHeader *h) noexcept nogil:
     h.producer_epoch = <int16_t>umlog_load_be16(b + PRODUCER_EPOCH_OFFSET)
     h.base_sequence = <int32_t>umlog_load_be32(b + BASE_SEQUENCE_OFFSET)
     h.records_count = <int32_t>umlog_load_be32(b + RECORDS_COUNT_OFFSET)
+    h.delayed = 0
 
 
 @cython.final
@@ -125,6 +127,7 @@ cdef class BatchInfo:
     cdef readonly int producer_epoch
     cdef readonly int32_t base_sequence
     cdef readonly uint32_t crc
+    cdef readonly int32_t delayed
 
     def __repr__(self):
         return (f"BatchInfo(position={self.position}, size={self.size}, "
@@ -155,4 +158,5 @@ cdef BatchInfo make_info(Py_ssize_t position, BatchHeader *h):
     i.producer_epoch = h.producer_epoch
     i.base_sequence = h.base_sequence
     i.crc = h.crc
+    i.delayed = h.delayed
     return i

@@ -52,9 +52,11 @@ from .._native.core import (
     BATCH_HEADER_SIZE,
     LOG_OVERHEAD,
     OpenBatch,
+    any_delay_headers,
     batch_info,
     decode_records,
     encode_batch,
+    has_delay_headers,
     recompress_batch,
     set_base_offset,
     set_log_append_time,
@@ -92,6 +94,10 @@ class AppendHooks:
       readable in a partition, on the thread that appended (with the
       partition's lock possibly held: they must be quick and must not append
       or raise). The server's hub wakes its waiting readers this way.
+    * ``delay``: the broker's ``DelayHook``: batches holding records with a
+      delay header (``BatchInfo.delayed``, counted by validation) are split by
+      it in ``append_batches``; ``append`` and ``append_many`` send such
+      records that way.
     * ``defer_thread``: under ``fsync="always"`` appends made on this thread
       return before their fdatasync; the caller acknowledges them only after
       ``sync_through`` (the server's event loop, which must not block on a
@@ -99,11 +105,14 @@ class AppendHooks:
       sync before they return, as ever.
     """
 
-    __slots__ = ("listeners", "defer_thread")
+    __slots__ = ("listeners", "defer_thread", "delay")
 
     def __init__(self) -> None:
         self.listeners: list = []
         self.defer_thread: int | None = None
+        # Delayed delivery (umlog/delivery/delay.py): takes records with a delay
+        # header out of the batches append_batches stores. None: read-only.
+        self.delay = None
 
     def sync_inline(self) -> bool:
         return self.defer_thread is None or threading.get_ident() != self.defer_thread
@@ -249,6 +258,12 @@ class Partition:
         ``Topic.append`` does the same in one native call (TopicAppender).
         """
         self._check_writable()
+        if headers is not None and not isinstance(headers, (list, tuple)):
+            headers = list(headers)  # a generator is read once
+        if headers and self.hooks.delay is not None and has_delay_headers(headers):
+            ts = _now_ms() if timestamp is None else timestamp
+            first, _, _ = self.append_batches(encode_batch([value], [key], [list(headers)], [ts]))
+            return first, ts
         if key is None and cleaner.is_compacted(self.config):
             cleaner.check_keys(self.topic, self.index, None)
         ob = self._open
@@ -313,6 +328,17 @@ class Partition:
         for name, seq in (("keys", keys), ("headers", headers), ("timestamps", timestamps)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} items for {n} values")
+        if headers is not None and self.hooks.delay is not None and any_delay_headers(headers):
+            # Delayed records are taken out of the batches by append_batches
+            # (umlog/delivery/delay.py); their offsets stay gaps in the range.
+            now = _now_ms()
+            data = b"".join(encode_batch(
+                values[i:i + APPEND_MANY_BATCH], None if keys is None else keys[i:i + APPEND_MANY_BATCH],
+                headers[i:i + APPEND_MANY_BATCH],
+                None if timestamps is None else timestamps[i:i + APPEND_MANY_BATCH], now_ms=now,
+                codec=self.config.codec) for i in range(0, n, APPEND_MANY_BATCH))
+            first, last, _ = self.append_batches(data)
+            return range(first, last + 1)
         if cleaner.is_compacted(self.config):
             cleaner.check_keys(self.topic, self.index, keys)
         codec = self.config.codec
@@ -378,7 +404,10 @@ class Partition:
         Every batch is validated first (``validate_batches``; pass its view and
         infos to skip a second pass) and checked against max.message.bytes; one
         bad batch refuses the whole buffer and stores nothing. Offsets are
-        assigned in place; bytes are otherwise stored exactly as received.
+        assigned in place; bytes are otherwise stored exactly as received,
+        except that records with a delay header are taken out of their batch
+        (offset span and producer fields kept: their offsets become gaps) and
+        go to ``__delayed`` (``hooks.delay``, umlog/delivery/delay.py).
         """
         self._check_writable()
         if infos is None:
@@ -402,6 +431,18 @@ class Partition:
                                             f"max.message.bytes={max_bytes}", info.position)
         if cleaner.is_compacted(self.config):
             cleaner.check_keys(self.topic, self.index, batches=data)
+        splits = None
+        delay = self.hooks.delay
+        if delay is not None:
+            for info in infos:
+                if info.delayed:
+                    # Records with a delay header leave the batch (their offsets
+                    # become gaps) for __delayed (umlog/delivery/delay.py).
+                    got = delay.split(self, data, infos)
+                    if got is not None:
+                        data, infos, splits = got
+                        total = len(data)
+                    break
         lat_ts = -1
         with self.lock:
             self._seal()
@@ -422,8 +463,16 @@ class Partition:
                 lasts[i] = base + info.last_offset - info.base_offset
                 maxts[i] = lat_ts if lat_ts >= 0 else info.max_timestamp
                 base = int(lasts[i]) + 1
-            self._maybe_roll(total, base - 1)
-            self.active.append_batches(data, positions, sizes, lasts, maxts)
+            # The intents first (umlog/delivery/delay.py): a crash before the
+            # batch leaves intents whose claim is false, which are dropped.
+            intents = delay.intend(self, data, infos, splits) if splits else None
+            try:
+                self._maybe_roll(total, base - 1)
+                self.active.append_batches(data, positions, sizes, lasts, maxts)
+            except BaseException:
+                if intents:
+                    delay.abort(intents)
+                raise
             self._open.next_offset = base
             st = self._pstate
             if st is not None:
