@@ -62,16 +62,18 @@ class Door(abc.ABC):
 def door_classes() -> list[type[Door]]:
     """Every door ``umlog serve`` knows, in ready-line order."""
     from .kafka import KafkaDoor
+    from .mqtt import MqttDoor
 
-    return [KafkaDoor]
+    return [KafkaDoor, MqttDoor]
 
 
 def all_settings() -> list[Setting]:
     """The server's settings and every door's, in documentation order (read
     from the doors' light settings modules: no protocol code is imported)."""
     from .kafka.settings import KAFKA_SETTINGS
+    from .mqtt.settings import MQTT_SETTINGS
     from .routes import ROUTE_SETTINGS
     from .settings import SERVER_SETTINGS
     from .webhooks import WEBHOOK_SETTINGS
 
-    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS]
+    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *MQTT_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS]

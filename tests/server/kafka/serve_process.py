@@ -42,6 +42,8 @@ class ServeProcess:
             m = READY.search(line)
             if m:
                 self.port = int(m.group(1))
+                # every door's address: {"kafka": ("127.0.0.1", 9092), "mqtt": ...}
+                self.addresses = {k: (h, int(p)) for k, h, p in re.findall(r"(\w+)=(\S+):(\d+)", line)}
                 return
         self.proc.kill()
         self.proc.wait()

@@ -178,6 +178,13 @@ def test_refusals_name_what_is_wrong(frame, version, error, what):
         _read(bytes.fromhex(frame), version)
 
 
+def test_the_reader_takes_the_version_of_the_connect_it_reads():
+    # A client may send CONNECT and its first packets in one write: MQTT 5
+    # properties after a version 5 CONNECT must be read as such.
+    p = Publish("a", b"x", 1, packet_id=1, properties={"content_type": "t"})
+    assert _read(encode(Connect("c", version=5), 5) + encode(p, 5))[1] == p
+
+
 def test_a_packet_over_the_maximum_is_refused_from_its_fixed_header():
     r = PacketReader(max_packet_size=100)
     r.feed(b"\x30" + encode_varint(1000))  # no body sent yet

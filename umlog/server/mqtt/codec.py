@@ -6,8 +6,9 @@ Theory of operation
 packets (``packets()``); it never does I/O. Every packet is a small slotted
 class; ``encode(packet, version)`` turns one back into bytes. The protocol
 version (4 = 3.1.1, 5 = 5.0; 3 = 3.1 is read as 3.1.1) comes from the
-CONNECT, which is decoded the same in both; the reader is told the version
-afterwards (``reader.version = ...``) and decodes the rest accordingly.
+CONNECT, which is decoded the same in both: a reader switches to the version of
+the CONNECT it reads (``reader.version``), at once, since the packets after it
+may be in the same bytes. A client-side reader is told the version instead.
 
 Errors carry the MQTT 5 reason code the server answers with (a CONNACK or
 DISCONNECT reason code), so the door maps a decoding failure straight onto the
@@ -665,6 +666,9 @@ class PacketReader:
                 finally:
                     body.release()
                 pos += total
+                if p.type == CONNECT:
+                    # What follows in the same bytes is already in the CONNECT's version.
+                    self.version = 5 if p.version == 5 else 4
                 yield p
         finally:
             if pos:
