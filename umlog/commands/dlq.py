@@ -217,9 +217,11 @@ def _remote_redrive(bootstrap: str, dlq_topic: str, to: str | None, max_records:
             consumer.assign([ck.TopicPartition(dlq_topic, i, pos)])
             while pos < high and (left is None or left > 0):
                 want = 500 if left is None else min(500, left)
-                msgs = [m for m in consumer.consume(want, timeout=1.0) if m.error() is None]
-                msgs = [m for m in msgs if m.offset() < high][:want]
+                got = consumer.consume(want, timeout=1.0)
+                msgs = [m for m in got if m.error() is None and m.offset() < high][:want]
                 if not msgs:
+                    if any(m.error() is not None and m.error().code() == ck.KafkaError._PARTITION_EOF for m in got):
+                        break  # the end came first (a gap left by compaction)
                     continue
                 produced = 0
                 for m in msgs:
