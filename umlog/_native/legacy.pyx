@@ -137,6 +137,13 @@ cdef Py_ssize_t parse_legacy(const char *base, Py_ssize_t pos, Py_ssize_t end,
             f"{avail - LEGACY_OVERHEAD} bytes follow", where)
     p = base + pos + LEGACY_OVERHEAD
     e = p + size
+    # the CRC first: it covers the magic and attributes, so damage there reads as such
+    stored = umlog_load_be32(p)
+    computed = umlog_crc32(0, p + 4, <size_t>(size - 4))
+    if stored != computed:
+        raise CorruptBatchError(
+            f"bad CRC32 in {legacy_where(pos, wrapper)}: stored {stored:#010x}, "
+            f"computed {computed:#010x}", where)
     m.magic = <int8_t>p[4]
     m.attributes = <int8_t>p[5]
     if m.magic != 0 and m.magic != 1:
@@ -146,12 +153,6 @@ cdef Py_ssize_t parse_legacy(const char *base, Py_ssize_t pos, Py_ssize_t end,
     if m.magic == 1 and size < LEGACY_MIN_V1:
         raise CorruptBatchError(
             f"bad messageSize {size} < {LEGACY_MIN_V1} in magic 1 {legacy_where(pos, wrapper)}", where)
-    stored = umlog_load_be32(p)
-    computed = umlog_crc32(0, p + 4, <size_t>(size - 4))
-    if stored != computed:
-        raise CorruptBatchError(
-            f"bad CRC32 in {legacy_where(pos, wrapper)}: stored {stored:#010x}, "
-            f"computed {computed:#010x}", where)
     q = p + 6
     if m.magic == 1:
         m.timestamp = <int64_t>umlog_load_be64(q)
