@@ -81,6 +81,19 @@ def _collect(module: types.ModuleType) -> Api:
 APIS: dict[int, Api] = {api.key: api for api in map(_collect, handlers.MODULES)}
 
 
+def api_table() -> str:
+    """The Markdown table of every API and the versions served, from the handlers'
+    ``API_VERSIONS`` (the README holds it between ``kafka-apis`` markers, and a
+    test keeps the two equal)."""
+    rows = ["| key | API | versions |", "| --- | --- | --- |"]
+    for api in sorted(APIS.values(), key=lambda a: a.key):
+        lo, hi = api.versions
+        name = "".join(part.capitalize() for part in api.name.split("_"))
+        wider = f" (advertised {api.advertised[0]}-{api.advertised[1]})" if api.advertised != api.versions else ""
+        rows.append(f"| {api.key} | {name} | {lo}-{hi}{wider} |")
+    return "\n".join(rows)
+
+
 class RequestContext:
     """What a handler knows about the request it answers."""
 
