@@ -104,6 +104,7 @@ def test_malformed_or_too_long_delays_are_refused(b, headers):
 def test_the_longest_delay_is_accepted(b, clock):
     t = b.create_topic("t")
     t.append(b"x", headers=later(MAX_DELAY_MS))
+    b.hooks.delay.scheduler.run_once()
     assert b.hooks.delay.scheduler.next_due() == clock.ms + MAX_DELAY_MS
 
 
@@ -234,3 +235,17 @@ def test_drop_records_keeps_offsets_and_producer_fields():
         i = validate_batch(empty, check_records=False)
         assert (i.size, i.last_offset, i.record_count, i.codec, i.producer_epoch) == (61, 12, 0, 0, 2)
         assert decode_records(empty)[0] == []
+
+
+def test_cli_describe_delayed_shows_pending_and_next_due(tmp_path):
+    from cli.conftest import Cli
+
+    cli = Cli(tmp_path)
+    with umlog.open(tmp_path / "umlog-data", cleaner_interval_ms=None) as b:
+        t = b.create_topic("t")
+        t.append_many([b"a", b"b"], headers=[later(120_000), later(60_000)], partition=0)
+        b.hooks.delay.scheduler.run_once()
+        nxt = b.hooks.delay.scheduler.next_due()
+    d = cli.json("topics", "describe", "__delayed")["delayed"]
+    assert d == {"pending": 2, "next_due_ms": nxt, "not_indexed": 0}
+    assert "delayed records pending: 2" in cli("topics", "describe", "__delayed").out

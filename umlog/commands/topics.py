@@ -118,7 +118,8 @@ def create(name: str, data_dir: str, partitions: int, configs: tuple[str, ...], 
 @click.option("--segments", is_flag=True, help="List every segment of every partition.")
 @json_option
 def describe(name: str, data_dir: str, segments: bool, as_json: bool) -> None:
-    """Partitions of NAME: start/end offsets, records, size, segments; its config overrides."""
+    """Partitions of NAME: start/end offsets, records, size, segments; its config overrides.
+    For ``__delayed``: pending delayed records and the next due time."""
     with open_data_dir(data_dir, readonly=True) as b:
         t = b.topic(name)
         parts = []
@@ -126,6 +127,10 @@ def describe(name: str, data_dir: str, segments: bool, as_json: bool) -> None:
             p.refresh()
             parts.append(_partition_info(p, segments))
         out = {"topic": name, "id": t.id, "partitions": parts, "config": dict(t.config.overrides)}
+        if name == "__delayed":
+            from ..delivery.delay import delayed_stats
+
+            out["delayed"] = delayed_stats(b)
     if as_json:
         emit_json(out)
         return
@@ -143,6 +148,15 @@ def describe(name: str, data_dir: str, segments: bool, as_json: bool) -> None:
         table.add_row(str(x["partition"]), str(x["start_offset"]), str(x["end_offset"]), f"{x['records']:,}",
                       human_bytes(x["size_bytes"]), str(x["segments"]))
     c.print(table)
+    if "delayed" in out:
+        import datetime
+
+        d = out["delayed"]
+        nxt = d["next_due_ms"]
+        when = "none" if nxt is None else datetime.datetime.fromtimestamp(
+            nxt / 1000, datetime.UTC).isoformat(timespec="milliseconds")
+        c.print(f"delayed records pending: {d['pending']:,} (+{d['not_indexed']:,} not yet indexed)  "
+                f"next due: {when}")
     if segments:
         seg_table = Table(title="segments")
         for col in ("partition", "base offset (file name)", "next offset", "size", "max timestamp"):

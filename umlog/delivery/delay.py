@@ -132,6 +132,8 @@ INDEX_FILE = "delayed.sqlite3"
 GROUP = service_group("delay", "delayed")
 RELEASE_BATCH = 2000  # rows per due record
 READ_BATCH = 5000  # __delayed records per intake or delivery step
+CHUNK_RECORDS = 1000  # delivered records per batch to one target, at most
+CHUNK_BYTES = 256 << 10  # and about this many bytes
 CHECKPOINT_S = 0.5  # least time between two checkpoints of the delivery stream
 IDLE_WAIT_S = 0.2  # longest sleep of the thread (a fake clock is noticed this soon)
 _PAIR = struct.Struct(">qq")
@@ -526,25 +528,41 @@ class DelayScheduler:
         return out
 
     def _deliver(self) -> int:
+        """Deliver what the next ``due`` records list. A due record's records go
+        in chunks (bounded batches); the stream is checkpointed only between
+        due records, never inside one (a restart derives a due record whole)."""
         s = self.stream
         pos = self.partition.start_offset if s.position is None else s.position
         recs = self._read(pos, READ_BATCH)
         if not recs:
             return 0
-        derived: list[Derived] = []
-        for r in recs:
-            if _kind(r) == DUE:
-                derived.extend(self._derive(r))
+        sent = 0
         try:
-            n = s.send(derived, recs[-1].offset + 1)
+            for r in recs:
+                if _kind(r) != DUE:
+                    s.send((), r.offset + 1)
+                    continue
+                derived = self._derive(r)
+                i, size = 0, 0
+                chunk: list[Derived] = []
+                for d in derived:
+                    chunk.append(d)
+                    size += len(d.value or b"") + len(d.key or b"") + 64
+                    i += 1
+                    if (len(chunk) >= CHUNK_RECORDS or size >= CHUNK_BYTES) and i < len(derived):
+                        sent += s.send(chunk, r.offset)  # inside the due record: no checkpoint here
+                        chunk, size = [], 0
+                sent += s.send(chunk, r.offset + 1)
+                if sent >= READ_BATCH:
+                    break
         except Exception:
             # Some targets may have taken their records: a fresh stream from the
             # checkpoint skips them (their producer state counts them).
             self.stream = ForwardStream(self.broker, GROUP, DELAYED_TOPIC, 0)
             raise
-        if n and time.monotonic() - self._last_checkpoint >= CHECKPOINT_S:
+        if sent and time.monotonic() - self._last_checkpoint >= CHECKPOINT_S:
             self.checkpoint()
-        return n
+        return sent
 
     def checkpoint(self) -> None:
         with self._lock:
