@@ -53,7 +53,8 @@ def start_server(data_dir: str, delay_ms: int) -> tuple[subprocess.Popen, str]:
     parent = os.path.dirname(os.path.dirname(os.path.abspath(umlog.__file__)))
     env = dict(os.environ, PYTHONPATH=parent + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "umlog", "serve", "--data-dir", data_dir,
-                             "--kafka", "127.0.0.1:0", "--group-initial-rebalance-delay-ms", str(delay_ms)],
+                             "--kafka", "127.0.0.1:0", "--http", "off",
+                             "--group-initial-rebalance-delay-ms", str(delay_ms)],
                             stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir), env=env)
     line = proc.stdout.readline()
     m = re.search(r"kafka=(\S+)", line)

@@ -88,8 +88,8 @@ def run_case(rx: Receiver, records: int, ordering: str, concurrency: int, keys: 
         rx.count, rx.first = 0, None
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.Popen([sys.executable, "-m", "umlog", "serve", "--data-dir", data, "--kafka", "127.0.0.1:0",
-                                 "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, cwd=tmp)
+                                 "--http", "off", "--config", cfg], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=tmp)
         try:
             proc.stdout.readline()  # umlog ready ...
             while rx.first is None:

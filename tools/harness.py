@@ -104,7 +104,7 @@ class Server:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "umlog", "serve", "--data-dir", self.data_dir,
-             "--kafka", f"127.0.0.1:{self.port}", *self.args],
+             "--kafka", f"127.0.0.1:{self.port}", "--http", "127.0.0.1:0", *self.args],
             stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(self.env),
             cwd=os.path.dirname(os.path.abspath(self.data_dir)),
         )

@@ -60,6 +60,8 @@ def _setting_options(f):
             f = click.option(s.flag, dest, type=click.Choice(s.choices), default=None, help=help_)(f)
         else:
             metavar = "HOST:PORT" if s.kind == "hostport" else "TEXT"
+            if s.off:
+                metavar += "|off"
             f = click.option(s.flag, dest, metavar=metavar, default=None, help=help_)(f)
     return f
 

@@ -58,22 +58,30 @@ class Door(abc.ABC):
     async def close(self) -> None:
         """Close the listener for good (connections are closed by the hub)."""
 
+    def listening(self) -> bool:
+        """True while the door accepts connections (``/readyz`` asks every door);
+        a door keeping its asyncio server in ``_server`` gets this for free."""
+        server = getattr(self, "_server", None)
+        return server is not None and server.is_serving()
+
 
 def door_classes() -> list[type[Door]]:
     """Every door ``umlog serve`` knows, in ready-line order."""
+    from .http import HttpDoor
     from .kafka import KafkaDoor
     from .mqtt import MqttDoor
 
-    return [KafkaDoor, MqttDoor]
+    return [KafkaDoor, MqttDoor, HttpDoor]
 
 
 def all_settings() -> list[Setting]:
     """The server's settings and every door's, in documentation order (read
     from the doors' light settings modules: no protocol code is imported)."""
+    from .http.settings import HTTP_SETTINGS
     from .kafka.settings import KAFKA_SETTINGS
     from .mqtt.settings import MQTT_SETTINGS
     from .routes import ROUTE_SETTINGS
     from .settings import SERVER_SETTINGS
     from .webhooks import WEBHOOK_SETTINGS
 
-    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *MQTT_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS]
+    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *MQTT_SETTINGS, *HTTP_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS]

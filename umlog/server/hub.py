@@ -126,6 +126,13 @@ class Hub:
         self._durable_waiters: dict[Any, list[tuple[int, asyncio.Future]]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        # What the server runs beside the doors, for those that report on it
+        # (the HTTP door's /readyz and /metrics): the started doors and the
+        # webhook service, set by the runner.
+        self.doors: list = []
+        self.webhooks: Any = None
+        # fn(seconds) called after each fdatasync of the durability gate (metrics)
+        self.sync_observers: list = []
         broker.add_append_listener(self._on_append)
         try:
             self.bind(asyncio.get_running_loop())
@@ -256,7 +263,10 @@ class Hub:
                 try:
                     # sync_through covers everything appended before it takes the
                     # partition's lock, so every waiter already queued is covered.
+                    t0 = time.perf_counter()
                     await loop.run_in_executor(None, p.sync_through, p.end_offset)
+                    for fn in self.sync_observers:
+                        fn(time.perf_counter() - t0)
                 except Exception as e:  # fail these waiters, keep serving
                     for _, fut in self._durable_waiters.pop(p, ()):
                         if not fut.done():

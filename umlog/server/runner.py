@@ -77,6 +77,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
         hub.bind(loop)
         hub.start_offsets_expiry()
         bound = []
+        hub.doors = doors
         for cls in door_classes():
             options = settings.table(cls.name)
             if not cls.enabled(options):
@@ -92,6 +93,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
         from .webhooks import webhook_configs
 
         webhooks = Webhooks(broker, webhook_configs(settings), create_topic=hub.create_topic)
+        hub.webhooks = webhooks
         await webhooks.start()
         from umlog.delivery.route import Router
 

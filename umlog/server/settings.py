@@ -89,7 +89,8 @@ class Setting:
     not above the second); ``default`` None means "unset" (the setting's help
     says what that does). ``array``: a key of each entry of the array of tables
     ``[[table]]`` (see ``ArrayOfTables``); ``required``: an entry must give it;
-    ``unique``: no two entries may give the same value."""
+    ``unique``: no two entries may give the same value; ``off``: the string
+    "off" is accepted too and means None (a door that is on by default)."""
 
     table: str
     key: str
@@ -103,6 +104,9 @@ class Setting:
     array: bool = False
     required: bool = False
     unique: bool = False
+    #: the value "off" is accepted and means unset (None): a door on by default
+    #: is turned off with ``listen = "off"`` or ``--http off``
+    off: bool = False
 
     @property
     def name(self) -> str:
@@ -116,6 +120,8 @@ class Setting:
     def check(self, value: Any, where: str) -> Any:
         """The value converted to the setting's type, or a SettingsError naming it."""
         if value is None and self.default is None:
+            return None
+        if self.off and value == "off":
             return None
         k = self.kind
         if k == "bool":

@@ -27,7 +27,7 @@ class ServeProcess:
         # waits on when the clients cannot show it (e.g. a generation).
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "umlog", *["-v"] * verbose, "serve", "--data-dir", data_dir,
-             "--kafka", "127.0.0.1:0", *args],
+             "--kafka", "127.0.0.1:0", "--http", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir) or ".", env=env,
         )
         self._err: list[str] = []
@@ -42,7 +42,8 @@ class ServeProcess:
             m = READY.search(line)
             if m:
                 self.port = int(m.group(1))
-                # every door's address: {"kafka": ("127.0.0.1", 9092), "mqtt": ...}
+                # every door's address: {"kafka": ("127.0.0.1", 9092), "mqtt": ..., "http": ...}
+                # (HTTP is on by default: it listens on a port of the OS's here, never 8080)
                 self.addresses = {k: (h, int(p)) for k, h, p in re.findall(r"(\w+)=(\S+):(\d+)", line)}
                 return
         self.proc.kill()
