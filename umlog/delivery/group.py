@@ -68,6 +68,7 @@ DLT_HEADERS = (DLT_TOPIC, DLT_PARTITION, DLT_OFFSET, DLT_TIMESTAMP, DLT_MESSAGE)
 LOST_REASON = "dead letter interrupted by a crash; its reason was lost"
 _i32 = struct.Struct(">i")
 _i64 = struct.Struct(">q")
+SETTLE_KINDS = ("accept", "release", "reject", "gap", "renew")
 
 
 class InvalidRecordStateError(UmlogError):
@@ -262,7 +263,7 @@ class _Core:
 
     # -- acquire -----------------------------------------------------------------------
 
-    def acquire(self, handle, max_records: int, timeout: float) -> list[ShareRecord]:
+    def acquire(self, handle, max_records: int, timeout: float, only=None) -> list[ShareRecord]:
         if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
             raise ValueError(f"max_records must be an int >= 1, not {max_records!r}")
         until = time.monotonic() + max(0.0, timeout or 0.0)
@@ -270,7 +271,7 @@ class _Core:
             with self._wake:
                 seq = self._seq
             with self._lock:
-                out, progressed, due_s = self._acquire(handle, max_records)
+                out, progressed, due_s = self._acquire(handle, max_records, only)
             if out:
                 return out
             if progressed:
@@ -282,13 +283,13 @@ class _Core:
                 if self._seq == seq:
                     self._wake.wait(min(left, due_s) if due_s is not None else left)
 
-    def _acquire(self, handle, max_records: int):
+    def _acquire(self, handle, max_records: int, only=None):
         now_m, now_w = self._mono(), self._wall_ms()
         self._refresh_partitions()
         out: list[ShareRecord] = []
         dirty: set = set()
         dead: list = []
-        keys = list(self._windows)
+        keys = list(self._windows) if only is None else [k for k in self._windows if k in only]
         if not keys:  # every topic of the group is deleted
             return out, False, None
         first = self._rr % len(keys)
@@ -461,6 +462,76 @@ class _Core:
                 e.owner = None
             self._commit({w for w, _, _ in held}, [(w, o, None, reason) for w, o, _ in held])
 
+    def settle(self, handle, topic: str, partition: int, acks, delay_ms: int = 0, reason: str = "rejected") -> None:
+        """Settle offsets of one partition held by ``handle``: ``acks`` is
+        ``[(offset, kind)]``, kind one of ``SETTLE_KINDS``. Validated whole
+        first (``InvalidRecordStateError``, nothing changed), then written as
+        one batch. ``gap`` says the offset is not a record: done if held,
+        ignored when the window has no entry for it; ``renew`` extends the lock."""
+        released = False
+        with self._lock:
+            now_m = self._mono()
+            w = self._windows.get((topic, partition))
+            held = []
+            for o, kind in acks:
+                if kind not in SETTLE_KINDS:
+                    raise ValueError(f"unknown acknowledgement kind {kind!r}")
+                e = None if w is None else w.entries.get(o)
+                if e is None and kind == "gap":
+                    continue
+                if e is None or e.state != ACQUIRED or e.owner is not handle or e.deadline <= now_m:
+                    raise InvalidRecordStateError(f"{topic}-{partition}@{o} is not held by this handle (never "
+                                                  "acquired by it, settled, or its lock expired)")
+                held.append((o, e, kind))
+            if not held:
+                return
+            now_w, dead, dirty = self._wall_ms(), [], False
+            for o, e, kind in held:
+                if kind in ("accept", "gap"):
+                    e.state, e.owner, dirty = ACKED, None, True
+                elif kind == "release":
+                    self._fail(w, o, e, now_w, delay_ms, dead, "released")
+                    released = dirty = True
+                elif kind == "reject":
+                    e.owner, dirty = None, True
+                    dead.append((w, o, None, reason))
+                else:  # renew: the lock only, nothing durable changes
+                    e.deadline = now_m + self.lock_ms / 1000
+            if dirty:
+                self._commit({w}, dead)
+        if released:
+            self._notify()
+
+    def release_held(self, handle) -> int:
+        """Release every record ``handle`` holds, available again at once (its
+        consumer went away); returns how many."""
+        n = 0
+        with self._lock:
+            now_w, dead, dirty = self._wall_ms(), [], set()
+            for w in self._windows.values():
+                for o, e in w.entries.items():
+                    if e.state == ACQUIRED and e.owner is handle:
+                        self._fail(w, o, e, now_w, 0, dead, "released")
+                        dirty.add(w)
+                        n += 1
+            if dirty:
+                self._commit(dirty, dead)
+        if n:
+            self._notify()
+        return n
+
+    def add_topics(self, topics) -> None:
+        """Serve more topics (existing ones) from now on: their windows come from
+        the saved state, else start as ``start`` says."""
+        new = [t for t in dict.fromkeys(topics) if t not in self.topics]
+        if not new:
+            return
+        for t in new:
+            self.broker.topic(t)  # UnknownTopicError before anything changes
+        with self._lock:
+            self.topics.extend(new)
+            self._add_windows(self.store.group_values(self.name))
+
     def _notify(self) -> None:
         with self._wake:
             self._seq += 1
@@ -586,10 +657,36 @@ class ShareGroup:
     def __repr__(self) -> str:
         return f"<ShareGroup {self.name!r} topics={self._core.topics}>"
 
-    def acquire(self, max_records: int = 100, timeout: float = 1.0) -> list[ShareRecord]:
+    @property
+    def lock_ms(self) -> int:
+        return self._core.lock_ms
+
+    def sibling(self) -> ShareGroup:
+        """Another consumer's handle on the same group (records acquired through
+        one handle are settled through that one only)."""
+        return ShareGroup(self._core)
+
+    def acquire(self, max_records: int = 100, timeout: float = 1.0, partitions=None) -> list[ShareRecord]:
         """Up to ``max_records`` records, each locked to this handle for ``lock_ms``;
-        waits up to ``timeout`` seconds for one (0: never waits)."""
-        return self._core.acquire(self, max_records, timeout)
+        waits up to ``timeout`` seconds for one (0: never waits). ``partitions``:
+        a set of (topic, partition) to take records from (None: every one)."""
+        return self._core.acquire(self, max_records, timeout, partitions)
+
+    def settle(self, topic: str, partition: int, acks, delay_ms: int = 0, reason: str = "rejected") -> None:
+        """Settle by offset (a protocol door's acknowledgements): ``acks`` is
+        ``[(offset, kind)]`` with kind ``accept``, ``release`` (available again
+        after ``delay_ms``), ``reject`` (dead letter with ``reason``), ``gap``
+        (not a record) or ``renew`` (the lock starts again), all of one
+        partition, held by this handle. :raises InvalidRecordStateError:"""
+        self._core.settle(self, topic, partition, acks, delay_ms, reason)
+
+    def release_held(self) -> int:
+        """Release every record this handle holds (its consumer is gone); how many."""
+        return self._core.release_held(self)
+
+    def add_topics(self, topics) -> None:
+        """Extend the group to more (existing) topics, for every handle."""
+        self._core.add_topics(list(topics))
 
     def ack(self, records: ShareRecord | Iterable[ShareRecord]) -> None:
         """Done: never handed out again. :raises InvalidRecordStateError:"""
