@@ -22,6 +22,8 @@ second door would also need lives here:
   on the loop;
 * **the group coordinator** (``coordinator``): created on first use with the
   loop's clock, shut down by ``wake_all`` at shutdown;
+* **share-group members** (``shares``, ``umlog.server.shares``): members,
+  epochs and sessions over the engine's share groups, for every door;
 * **connection accounting** across doors: ``admit`` / ``forget`` enforce
   ``max_connections`` for all doors together, one idle sweep closes any door's
   connection idle for ``idle_timeout_ms``, and ``partition_budget_error`` keeps
@@ -102,6 +104,7 @@ class Hub:
         topic_defaults: Mapping[str, Any] | None = None,
         offsets_retention_minutes: int = 10_080,
         offsets_retention_check_interval_ms: int = 600_000,
+        share_settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.broker = broker
         self.max_connections = max_connections  # None: no limit
@@ -121,6 +124,8 @@ class Hub:
         # (topic, partition) -> futures of readers waiting for new records
         self.waiters: dict[tuple[str, int], set[asyncio.Future]] = {}
         self._coordinator = None
+        self.share_settings = dict(share_settings or {})
+        self._shares = None
         # The durability gate: partition -> (running sync task, [(offset, future)])
         self._syncing: dict[Any, asyncio.Task] = {}
         self._durable_waiters: dict[Any, list[tuple[int, asyncio.Future]]] = {}
@@ -225,6 +230,8 @@ class Hub:
         self.waiters.clear()
         if self._coordinator is not None:
             self._coordinator.shutdown()
+        if self._shares is not None:
+            self._shares.close()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -298,6 +305,15 @@ class Hub:
             self._coordinator = Coordinator(self.broker.offsets, LoopScheduler(asyncio.get_running_loop()),
                                             initial_rebalance_delay_ms=self.group_initial_rebalance_delay_ms)
         return self._coordinator
+
+    @property
+    def shares(self):
+        """Share-group members of every door (``umlog.server.shares.ShareMembers``)."""
+        if self._shares is None:
+            from .shares import ShareMembers
+
+            self._shares = ShareMembers(self.broker, **self.share_settings)
+        return self._shares
 
     # --- connections --------------------------------------------------------------------------------
 

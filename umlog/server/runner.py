@@ -56,6 +56,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
 
     from .door import door_classes
     from .hub import Hub, default_max_connections
+    from .shares import share_settings
 
     out = out if out is not None else sys.stdout
     loop = asyncio.get_running_loop()
@@ -73,7 +74,8 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
                   group_initial_rebalance_delay_ms=server["group_initial_rebalance_delay_ms"],
                   topic_defaults=settings.topic_defaults,
                   offsets_retention_minutes=server["offsets_retention_minutes"],
-                  offsets_retention_check_interval_ms=server["offsets_retention_check_interval_ms"])
+                  offsets_retention_check_interval_ms=server["offsets_retention_check_interval_ms"],
+                  share_settings=share_settings(server))
         hub.bind(loop)
         hub.start_offsets_expiry()
         bound = []

@@ -185,6 +185,29 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("server", "offsets_retention_check_interval_ms", "int", 600_000,
             "How often expired offsets are looked for (Kafka's offsets.retention.check.interval.ms).",
             flag="--offsets-retention-check-interval-ms", min=100, max=_INT31),
+    # share groups served by the doors (umlog/server/shares.py; Kafka's group.share.* names)
+    Setting("server", "share_record_lock_duration_ms", "int", 30_000,
+            "How long a record a share-group member acquired stays locked to it "
+            "(Kafka's group.share.record.lock.duration.ms).",
+            flag="--share-record-lock-duration-ms", min=100, max=3_600_000),
+    Setting("server", "share_session_timeout_ms", "int", 45_000,
+            "A share-group member without a heartbeat this long is removed and its records released "
+            "(Kafka's group.share.session.timeout.ms).",
+            flag="--share-session-timeout-ms", min=100, max=_INT31),
+    Setting("server", "share_heartbeat_interval_ms", "int", 5_000,
+            "Heartbeat interval given to share-group members (Kafka's group.share.heartbeat.interval.ms).",
+            flag="--share-heartbeat-interval-ms", min=10, max=_INT31),
+    Setting("server", "share_delivery_count_limit", "int", 5,
+            "Deliveries of a record before it is dead (Kafka's group.share.delivery.count.limit).",
+            flag="--share-delivery-count-limit", min=1, max=1000),
+    Setting("server", "share_dead_letter", "str", None,
+            "Dead-letter topic of door share groups, {group} replaced by the group's name (e.g. \"{group}.dlq\") "
+            "[default: none: rejected and exhausted records are archived].",
+            flag="--share-dead-letter"),
+    Setting("server", "share_auto_offset_reset", "choice", "latest",
+            "Where a new door share group starts in its topics: latest or earliest "
+            "(Kafka's share.auto.offset.reset).",
+            flag="--share-auto-offset-reset", choices=("latest", "earliest")),
 )
 
 

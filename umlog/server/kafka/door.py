@@ -98,6 +98,9 @@ class KafkaDoor(Door):
 
         self.max_queued_bytes = MAX_QUEUED_BYTES
         self.producers: dict[int, ProducerState] = {}
+        # share groups (handlers/_share.py): sessions by (group, member id)
+        self.share_sessions: dict = {}
+        self._topic_names: dict[uuid.UUID, str] = {}
         # Producer ids start at the current time in ms times 1000, so ids handed out
         # after a restart do not collide with those of the previous run.
         self._next_pid = itertools.count(int(time.time() * 1000) * 1000)
@@ -181,6 +184,21 @@ class KafkaDoor(Door):
         except Exception:
             pass
         return uuid.uuid5(uuid.NAMESPACE_URL, f"umlog:{self.broker.cluster_id}:{name}")
+
+    def topic_by_id(self, topic_id: uuid.UUID | None) -> str | None:
+        """The name of the topic whose id (``topic_id``) is ``topic_id``, or None
+        (requests that name topics by id: Metadata v12, the share-group APIs)."""
+        if topic_id is None:
+            return None
+        name = self._topic_names.get(topic_id)
+        if name is not None:
+            try:
+                self.broker.topic(name)
+                return name
+            except Exception:
+                pass
+        self._topic_names = {self.topic_id(t): t for t in self.broker.topics(internal=True)}
+        return self._topic_names.get(topic_id)
 
     # --- producers ---------------------------------------------------------------------
 

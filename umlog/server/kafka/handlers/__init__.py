@@ -24,6 +24,10 @@ from . import (
     offset_delete,
     offset_fetch,
     produce,
+    share_acknowledge,
+    share_fetch,
+    share_group_describe,
+    share_group_heartbeat,
     sync_group,
 )
 
@@ -52,4 +56,9 @@ MODULES = (
     list_groups,
     describe_groups,
     delete_groups,
+    # share groups (KIP-932; umlog.server.shares, umlog.delivery.group)
+    share_group_heartbeat,
+    share_group_describe,
+    share_fetch,
+    share_acknowledge,
 )

@@ -91,7 +91,14 @@ async def handle_metadata(ctx, req):
                 # request) cannot be echoed (non-nullable in those responses);
                 # Kafka refuses such a request too.
                 raise RemoteProtocolError(f"Metadata v{ctx.version} does not support null topic names")
-            if name is None:  # by topic id only: we do not resolve ids
+            if name is None:  # by topic id only (v12): the share consumer asks so for its assignment
+                known = door.topic_by_id(rt.topic_id)
+                if known is not None:
+                    try:
+                        entries.append(topic_entry(ctx, mod, known, door.broker.topic(known), ErrorCode.none))
+                        continue
+                    except errors.UnknownTopicError:  # deleted meanwhile
+                        pass
                 entries.append(make(mod.MetadataResponseTopic, error_code=ErrorCode.unknown_topic_id,
                                     name=None, topic_id=rt.topic_id, is_internal=False,
                                     partitions=(), topic_authorized_operations=-2147483648))
