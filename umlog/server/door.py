@@ -45,8 +45,9 @@ class Door(abc.ABC):
         return options.get("listen") is not None
 
     @abc.abstractmethod
-    async def start(self) -> str:
-        """Start listening; return the address actually bound, ``host:port``."""
+    async def start(self) -> str | dict[str, str]:
+        """Start listening; return the address actually bound, ``host:port``
+        (a door with several listeners: ``{ready-line name: host:port}``)."""
 
     @abc.abstractmethod
     async def drain(self) -> None:

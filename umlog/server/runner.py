@@ -87,7 +87,9 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
             door = cls(hub, options)
             address = await door.start()
             doors.append(door)
-            bound.append(f"{cls.name}={address}")
+            # a door with several listeners (MQTT and MQTT over WebSocket) names each
+            addresses = address if isinstance(address, dict) else {cls.name: address}
+            bound += [f"{name}={a}" for name, a in addresses.items()]
         if not doors:
             raise ValueError("every door is off: give at least one listen address")
         from umlog.delivery.webhook import Webhooks

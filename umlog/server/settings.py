@@ -336,6 +336,12 @@ def resolve(declared: Iterable[Setting], file_data: Mapping[str, Any] | None = N
             by_table.setdefault(s.table, {})[s.key] = s
     values = {t: {k: s.default for k, s in keys.items()} for t, keys in by_table.items()}
     array_values: dict[str, list[dict[str, Any]]] = {t: [] for t in arrays}
+    # An array inside a table (``[[mqtt.route]]``): its entries are also that
+    # table's key (``table("mqtt")["route"]``), an empty list by default.
+    for name in arrays:
+        parent, _, key = name.partition(".")
+        if key and parent in values:
+            values[parent][key] = []
     topic_defaults: dict[str, Any] = {}
     where = file_name or "config"
     for table, body in (file_data or {}).items():
@@ -354,6 +360,10 @@ def resolve(declared: Iterable[Setting], file_data: Mapping[str, Any] | None = N
         if not isinstance(body, dict):
             raise SettingsError(f"{where}: {table} must be a table ([{table}])")
         for key, value in body.items():
+            if f"{table}.{key}" in arrays:
+                values[table][key] = array_values[f"{table}.{key}"] = _check_array(arrays[f"{table}.{key}"], value,
+                                                                                  where)
+                continue
             s = keys.get(key)
             if s is None:
                 raise SettingsError(f"{where}: unknown key {table}.{key} (known in [{table}]: "

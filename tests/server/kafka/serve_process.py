@@ -44,7 +44,7 @@ class ServeProcess:
                 self.port = int(m.group(1))
                 # every door's address: {"kafka": ("127.0.0.1", 9092), "mqtt": ..., "http": ...}
                 # (HTTP is on by default: it listens on a port of the OS's here, never 8080)
-                self.addresses = {k: (h, int(p)) for k, h, p in re.findall(r"(\w+)=(\S+):(\d+)", line)}
+                self.addresses = {k: (h, int(p)) for k, h, p in re.findall(r"([\w-]+)=(\S+):(\d+)", line)}
                 return
         self.proc.kill()
         self.proc.wait()

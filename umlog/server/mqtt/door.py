@@ -3,30 +3,39 @@
 Theory of operation
 -------------------
 Every PUBLISH becomes one record of the log topic ``[mqtt] topic``
-(``mqtt-messages``): key = the MQTT topic name, value = the payload, MQTT 5
-properties as headers (``record_headers``). QoS 1 and 2 are acknowledged once
-the record is durable by the server's fsync policy (the hub's gate), so an
-acknowledged message survives a restart like any acknowledged Kafka record.
+(``mqtt-messages``), or of the topic of the first ``[[mqtt.route]]`` whose
+filter matches its topic name: key = the MQTT topic name, value = the payload,
+MQTT 5 properties as headers (``record_headers``). QoS 1 and 2 are
+acknowledged once the record is durable by the server's fsync policy (the
+hub's gate), so an acknowledged message survives a restart like any
+acknowledged Kafka record.
 
 Subscribers are served from the log, not from the publisher: the door tails
-every partition of the topic from its end at start (``Fanout``), woken by the
-hub at each append whatever door made it, and hands each new record to the
-connections whose filters match its key read as an MQTT topic name. So a Kafka
-producer writing key ``home/hall/temp`` into ``mqtt-messages`` reaches a
-subscriber of ``home/+/temp``. The QoS a subscriber gets is the lower of its
-subscription's and the message's (header ``mqtt-qos``; a record from another
-door counts as QoS 1: its producer had it acknowledged durably).
+every partition of the messages topic and of every routed topic (``tailed``)
+from its end at start (``Fanout``), woken by the hub at each append whatever
+door made it, and hands each new record to the connections whose filters
+match its key read as an MQTT topic name. So a Kafka producer writing key
+``home/hall/temp`` into ``mqtt-messages`` reaches a subscriber of
+``home/+/temp``. The QoS a subscriber gets is the lower of its subscription's
+and the message's (header ``mqtt-qos``; a record from another door counts as
+QoS 1: its producer had it acknowledged durably).
+
+Sessions (``session.py``) outlive connections: a persistent one is a record
+of the compacted topic ``mqtt-sessions`` holding its subscriptions, its
+position in the tailed partitions and its unacknowledged messages; a client
+that comes back is fed from its position up to the fan-out's and then live.
+Shared subscriptions (``shared.py``) are the engine's share groups.
 
 Retained messages are a compacted topic ``mqtt-retained`` (key = MQTT topic
 name; an empty retained payload writes a tombstone), replayed into memory when
 the door starts, so they survive restarts.
 
-What this door does not do yet, and says so to clients where MQTT 5 can: it
-keeps no session after a connection ends (CONNACK's session present is always
-0, QoS 1/2 messages published while a client is away are not queued for it);
-shared subscriptions (``$share/...``: SUBACK 0x9E), subscription identifiers
-(announced unavailable), MQTT over WebSocket, will delay (a will is published
-at once), routing MQTT topics to other log topics.
+MQTT over WebSocket (``ws.py``) is the same connection class behind an
+aiohttp WebSocket on the same loop.
+
+What this door does not do yet, and says so to clients where MQTT 5 can:
+subscription identifiers (announced unavailable), will delay (a will is
+published at once).
 """
 
 from __future__ import annotations
@@ -37,14 +46,13 @@ import time
 from typing import Any
 
 from ..door import Door
-from .settings import MQTT_SETTINGS
+from .settings import MQTT_SETTINGS, RETAINED_TOPIC, SESSIONS_TOPIC
 
-__all__ = ["MqttDoor", "RETAINED_TOPIC", "record_headers"]
+__all__ = ["MqttDoor", "RETAINED_TOPIC", "SESSIONS_TOPIC", "record_headers"]
 
 log = logging.getLogger("umlog.server.mqtt")
 
-RETAINED_TOPIC = "mqtt-retained"
-RETAINED_CONFIG = {"cleanup.policy": "compact"}
+COMPACTED = {"cleanup.policy": "compact"}
 
 # MQTT 5 properties kept as record headers, and the headers they come back from.
 QOS_HEADER = "mqtt-qos"
@@ -111,117 +119,178 @@ def publish_fields(r, now_ms: int) -> tuple[int, bool, dict] | None:
 
 
 class Fanout:
-    """Tails the messages topic and hands new records to matching connections."""
+    """Tails the tailed topics and hands new records to matching connections."""
 
     def __init__(self, door: MqttDoor) -> None:
         self.door = door
-        self.topic = door.broker.topic(door.topic_name)
-        self.cursors = [p.end_offset for p in self.topic.partitions]
+        self.topics = [door.broker.topic(t) for t in door.tailed]
+        # (topic, partition) -> the next offset to hand out
+        self.cursors: dict[tuple[str, int], int] = {}
+        for t in self.topics:
+            for i, p in enumerate(t.partitions):
+                self.cursors[(t.name, i)] = p.end_offset
         self.task: asyncio.Task | None = None
-        # (partition, offset) -> the connection that published it (no-local)
-        self.origin: dict[tuple[int, int], Any] = {}
+        # (topic, partition, offset) -> the connection that published it (no-local)
+        self.origin: dict[tuple[str, int, int], Any] = {}
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def partitions(self):
+        """(key, partition) of every tailed partition; partitions added since are
+        tailed from their start."""
+        for t in self.topics:
+            for i, p in enumerate(t.partitions):
+                k = (t.name, i)
+                if k not in self.cursors:
+                    self.cursors[k] = p.start_offset
+                yield k, p
 
     async def _run(self) -> None:
         hub = self.door.hub
         loop = asyncio.get_running_loop()
         while not hub.shutting_down:
-            keys = [(self.topic.name, i) for i in range(len(self.topic.partitions))]
+            keys = [k for k, _ in self.partitions()]
             fut = loop.create_future()
             hub.add_waiter(keys, fut)
             try:
-                if not self._pump():
+                moved = self._pump()
+                if moved:
+                    self.door.shares.schedule()
+                else:
                     await fut
+            except Exception:  # a failing read: log, look again at the next append
+                log.exception("mqtt: the fan-out failed to read")
+                await fut
             finally:
                 hub.remove_waiter(keys, fut)
 
     def _pump(self) -> bool:
         """Deliver what was appended since the last look; True if anything was."""
         moved = False
-        parts = self.topic.partitions
-        if len(parts) > len(self.cursors):  # partitions added: from their start
-            self.cursors += [p.start_offset for p in parts[len(self.cursors):]]
         now_ms = time.time_ns() // 1_000_000
-        for i, p in enumerate(parts):
-            start = self.cursors[i]
-            if start >= p.end_offset:
+        for k, p in list(self.partitions()):
+            start = self.cursors[k]
+            end = p.end_offset
+            if start >= end:
                 continue
             start = max(start, p.start_offset)
             records = list(p.read(start, max_records=1000))
-            if not records:
-                continue
             moved = True
-            self.cursors[i] = records[-1].offset + 1
+            self.cursors[k] = records[-1].offset + 1 if records else end
             for r in records:
-                origin = self.origin.pop((i, r.offset), None)
+                origin = self.origin.pop((k[0], k[1], r.offset), None)
                 if r.key is None:
                     continue  # no MQTT topic name
                 try:
                     name = r.key.decode("utf-8")
                 except UnicodeDecodeError:
                     continue
-                self.door.deliver(name, r, origin, i, now_ms)
+                self.door.deliver(name, r, origin, k, now_ms)
         return moved
 
 
 class MqttDoor(Door):
-    """MQTT 3.1.1 and 5.0 over TCP (see the module docstring)."""
+    """MQTT 3.1.1 and 5.0 over TCP and WebSocket (see the module docstring)."""
 
     name = "mqtt"
     settings = MQTT_SETTINGS
 
     def __init__(self, hub: Any, options: dict[str, Any]) -> None:
         super().__init__(hub, options)
+        from .shared import Shares
+
         self.broker = hub.broker
         self.topic_name = options.get("topic") or "mqtt-messages"
         self.max_packet_size = options.get("max_packet_size") or 16 * 1024 * 1024
         self.connect_timeout_s = (options.get("connect_timeout_ms") or 10_000) / 1000
+        self.routes: list[tuple[str, str]] = [(r["filter"], r["topic"]) for r in options.get("route") or ()]
+        self.tailed = list(dict.fromkeys([self.topic_name, *(t for _, t in self.routes)]))
         self.clients: dict[str, Any] = {}  # client id -> its connection (connected ones)
         self.retained: dict[str, Any] = {}  # MQTT topic name -> record
         self.fanout: Fanout | None = None
+        self.store: Any = None  # SessionStore, made at start
+        self.shares = Shares(self)
         self._server: asyncio.base_events.Server | None = None
+        self._ws: Any = None
+
+    @classmethod
+    def enabled(cls, options: dict[str, Any]) -> bool:
+        return options.get("listen") is not None or options.get("ws_listen") is not None
 
     # --- the Door interface ---------------------------------------------------------------
 
-    async def start(self) -> str:
+    async def start(self) -> dict[str, str]:
+        """Listen on ``listen`` and/or ``ws_listen``; the addresses bound, by ready-line name."""
         from ..settings import parse_hostport
         from .protocol import MqttConnection
+        from .session import SessionStore
 
         loop = asyncio.get_running_loop()
         self.hub.bind(loop)
-        for name, config in ((self.topic_name, None), (RETAINED_TOPIC, RETAINED_CONFIG)):
-            if name not in self.broker.topics():
+        have = set(self.broker.topics())
+        for name, config in ([(t, None) for t in self.tailed]
+                             + [(RETAINED_TOPIC, COMPACTED), (SESSIONS_TOPIC, COMPACTED)]):
+            if name not in have:
                 self.hub.create_topic(name, 1, config)
         self._load_retained()
+        self.store = SessionStore(self, self.broker.topic(SESSIONS_TOPIC))
         self.fanout = Fanout(self)
+        self.store.load()
         self.fanout.start()
-        host, port = parse_hostport(self.options["listen"], 1883)
-        self._server = await loop.create_server(lambda: MqttConnection(self), host, port, reuse_address=True)
-        h, p = self._server.sockets[0].getsockname()[:2]
-        return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        bound = {}
+        if self.options.get("listen") is not None:
+            host, port = parse_hostport(self.options["listen"], 1883)
+            self._server = await loop.create_server(lambda: MqttConnection(self), host, port, reuse_address=True)
+            bound["mqtt"] = _address(self._server.sockets[0].getsockname())
+        if self.options.get("ws_listen") is not None:
+            from .ws import WebSocketListener
+
+            host, port = parse_hostport(self.options["ws_listen"], 8080)
+            self._ws = WebSocketListener(self)
+            bound["mqtt-ws"] = _address(await self._ws.start(host, port))
+        return bound
+
+    def listening(self) -> bool:
+        return ((self._server is not None and self._server.is_serving())
+                or (self._ws is not None and self._ws.serving))
 
     async def drain(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._ws is not None:
+            self._ws.stop_accepting()
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
         if self.fanout is not None and self.fanout.task is not None:
             self.fanout.task.cancel()
+        if self.store is not None:
+            self.store.flush_now()
 
     # --- publishing ----------------------------------------------------------------------
+
+    def log_topic(self, name: str) -> str:
+        """The log topic a PUBLISH to MQTT topic ``name`` goes to."""
+        from .codec import topic_matches
+
+        for f, t in self.routes:
+            if topic_matches(f, name):
+                return t
+        return self.topic_name
 
     async def publish(self, conn, topic: str, payload: bytes, qos: int, retain: bool, props: dict) -> None:
         """Append one message (and its retained copy); return once durable."""
         headers = record_headers(qos, retain, props)
-        t = self.broker.topic(self.topic_name)
+        t = self.broker.topic(self.log_topic(topic))
         md = t.append(payload, key=topic.encode(), headers=headers)
         if conn is not None and self.fanout is not None:
-            self.fanout.origin[(md.partition, md.offset)] = conn
+            self.fanout.origin[(t.name, md.partition, md.offset)] = conn
         appended = {t.partition(md.partition): md.offset + 1}
         if retain:
             rt = self.broker.topic(RETAINED_TOPIC)
@@ -231,6 +300,11 @@ class MqttDoor(Door):
                 self.retained[topic] = next(iter(rt.partition(rmd.partition).read(rmd.offset, max_records=1)))
             else:
                 self.retained.pop(topic, None)
+        if qos or retain:
+            # Acknowledged means written: a record waiting in the open batch
+            # (linger_ms) would be lost by a SIGKILL after its PUBACK.
+            for p in appended:
+                p.seal()
         await self.hub.durable(appended)
 
     def _load_retained(self) -> None:
@@ -245,15 +319,53 @@ class MqttDoor(Door):
                 else:
                     self.retained.pop(name, None)
 
+    # --- sessions ------------------------------------------------------------------------
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        return {(t, i): p.end_offset for t in self.tailed for i, p in enumerate(self.broker.topic(t).partitions)}
+
+    def position_of(self, s) -> dict[tuple[str, int], int]:
+        """Where session ``s`` stands in the tailed partitions (see session.py)."""
+        if s.live and s.conn is not None and self.fanout is not None:
+            pos = dict(self.fanout.cursors)
+            for entry in s.conn.waiting:
+                loc = entry[5]
+                if loc is not None and (loc[0], loc[1]) in pos:
+                    k = (loc[0], loc[1])
+                    pos[k] = min(pos[k], loc[2])
+            return pos
+        return dict(s.pos)
+
+    def rejoin_shares(self, s) -> None:
+        from .codec import parse_shared
+
+        for f in s.subs:
+            group, real = parse_shared(f)
+            if group is not None:
+                self.shares.join(s, group, real)
+
+    def read_record(self, loc: tuple[str, int, int]):
+        """The record at (topic, partition, offset), or None (gone)."""
+        try:
+            p = self.broker.topic(loc[0]).partitions[loc[1]]
+            if not p.start_offset <= loc[2] < p.end_offset:
+                return None
+            for r in p.read(loc[2], max_records=1):
+                return r if r.offset == loc[2] else None
+        except Exception:
+            return None
+        return None
+
     # --- delivering ----------------------------------------------------------------------
 
-    def end_offsets(self) -> list[int]:
-        return [p.end_offset for p in self.broker.topic(self.topic_name).partitions]
-
-    def deliver(self, name: str, r, origin, partition: int, now_ms: int) -> None:
+    def deliver(self, name: str, r, origin, key: tuple[str, int], now_ms: int) -> None:
         fields = None
+        loc = (key[0], key[1], r.offset)
         for conn in list(self.clients.values()):
-            qos = conn.matching_qos(name, origin, partition, r.offset)
+            s = conn.session
+            if s is None or not s.live:
+                continue
+            qos = conn.matching_qos(name, origin, key, r.offset)
             if qos is None:
                 continue
             if fields is None:
@@ -261,7 +373,7 @@ class MqttDoor(Door):
                 if fields is None:
                     return  # expired
             mqos, retain, props = fields
-            conn.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], props)
+            conn.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], props, loc)
 
     def retained_for(self, f: str):
         from .codec import topic_matches
@@ -272,3 +384,8 @@ class MqttDoor(Door):
                 fields = publish_fields(r, now_ms)
                 if fields is not None:
                     yield name, r, fields
+
+
+def _address(sockname) -> str:
+    h, p = sockname[:2]
+    return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"

@@ -18,8 +18,20 @@ connection only: MQTT 5 clients get a DISCONNECT (or, before CONNACK, a
 CONNACK) with the reason code; 3.1.1 clients are disconnected, or get CONNACK
 0x01 for an unknown protocol level.
 
-Outgoing QoS 1/2 messages hold packet ids until PUBACK / PUBCOMP; at most the
-client's receive maximum are in flight, the rest wait in order.
+The connection's session (``session.py``) holds what outlives it: the
+subscriptions, the QoS 1/2 messages in flight (packet id -> message, until
+PUBACK / PUBCOMP), the QoS 2 ids received and not released, the position in
+the log. At most the client's receive maximum are in flight (and at most
+``SESSION_WINDOW`` for a persistent session, whose record lists them); the rest
+wait in order (``waiting``). A persistent session that falls more than
+``MAX_WAITING`` behind drops its waiting messages and reads them again from
+the log (``_catch_up``), as it does when it comes back.
+
+Frames to a persistent session's client go through ``outbox``: written once
+the session record that accounts for them is (``SessionStore``).
+
+The transport is asyncio's (TCP) or ``ws.WsTransport`` (WebSocket): the same
+few methods.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 import uuid
 
 from . import codec
@@ -53,6 +66,8 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
+from .door import publish_fields
+from .session import NEVER
 
 log = logging.getLogger("umlog.server.mqtt")
 
@@ -69,8 +84,11 @@ KEEP_ALIVE_TIMEOUT = 0x8D
 SESSION_TAKEN_OVER = 0x8E
 PACKET_ID_NOT_FOUND = 0x92
 TOPIC_ALIAS_INVALID = 0x94
-SHARED_NOT_SUPPORTED = 0x9E
 SUB_IDS_NOT_SUPPORTED = 0xA1
+# Messages in flight to a persistent session (each is in its record), and how
+# many may wait behind them before it reads them from the log again instead.
+SESSION_WINDOW = 100
+MAX_WAITING = 1000
 
 
 class MqttConnection(asyncio.Protocol):
@@ -79,7 +97,7 @@ class MqttConnection(asyncio.Protocol):
     def __init__(self, door) -> None:
         self.door = door
         self.hub = door.hub
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.peer = "?"
         self.reader = PacketReader(door.max_packet_size)
         self.queue: collections.deque = collections.deque()
@@ -87,21 +105,22 @@ class MqttConnection(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.version = 4
         self.client_id: str | None = None
+        self.session = None
         self.connected = False
         self.closed = False
         self.will = None
         self.keep_alive = 0
         self.last_active = 0.0
         self.busy = False
-        self.subs: dict[str, codec.Subscription] = {}
-        self.since: dict[str, list[int]] = {}  # filter -> end offsets of the messages topic when subscribed
         self.aliases: dict[int, str] = {}
-        self.qos2_in: set[int] = set()  # PUBLISH QoS 2 ids appended, waiting for PUBREL
-        self.inflight: dict[int, int] = {}  # our packet id -> PUBLISH QoS (2 until PUBREC, then 3 = PUBREL sent)
-        self.waiting: collections.deque = collections.deque()  # messages held by the receive maximum
+        # messages held by the receive maximum: (topic, payload, qos, retain, props, loc, share)
+        self.waiting: collections.deque = collections.deque()
+        self.outbox: list[bytes] = []
         self.receive_maximum = 65535
         self.client_max_packet = codec.MAX_PACKET_SIZE
-        self._next_id = 0
+        self.handover = False  # taken over: the session goes on with the new connection
+        self._room = asyncio.Event()
+        self._catching_up: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------
@@ -121,6 +140,8 @@ class MqttConnection(asyncio.Protocol):
         self._timer = loop.call_later(self.door.connect_timeout_s, self._connect_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.last_active = asyncio.get_running_loop().time()
         self.reader.feed(data)
         try:
@@ -149,6 +170,11 @@ class MqttConnection(asyncio.Protocol):
         """Server shutdown or hub sweep."""
         if self.connected and self.version == 5 and self.transport is not None and not self.transport.is_closing():
             self._write(Disconnect(SERVER_SHUTTING_DOWN))
+        self._end(publish_will=False)
+
+    def abort(self) -> None:
+        """The session could not be written: end without a word."""
+        self.outbox = []
         self._end(publish_will=False)
 
     # --- serving --------------------------------------------------------------------------
@@ -195,17 +221,25 @@ class MqttConnection(asyncio.Protocol):
                 raise codec.ProtocolError(f"first packet is {type(p).__name__}, not CONNECT")
             await self._connect(p)
             return
+        s = self.session
         if isinstance(p, Publish):
             await self._publish(p)
         elif isinstance(p, PubRel):
-            found = p.packet_id in self.qos2_in
-            self.qos2_in.discard(p.packet_id)
+            found = p.packet_id in s.qos2_in
+            s.qos2_in.discard(p.packet_id)
+            if found:
+                self.door.store.mark(s)
             self._write(PubComp(p.packet_id, SUCCESS if found else PACKET_ID_NOT_FOUND))
         elif isinstance(p, PubAck):
             self._settled(p.packet_id, 1)
         elif isinstance(p, PubRec):
-            if self.inflight.get(p.packet_id) == 2 and p.reason < 0x80:
-                self.inflight[p.packet_id] = 3
+            out = s.inflight.get(p.packet_id)
+            if out is not None and out.state == 2 and p.reason < 0x80:
+                out.state = 3
+                if out.share is not None:  # the client holds it now: done for the share group
+                    self.door.shares.ack(out.share)
+                    out.share = None
+                self.door.store.mark(s)
                 self._write(PubRel(p.packet_id))
             else:
                 self._settled(p.packet_id, 2)
@@ -214,14 +248,15 @@ class MqttConnection(asyncio.Protocol):
         elif isinstance(p, Subscribe):
             self._subscribe(p)
         elif isinstance(p, Unsubscribe):
-            reasons = []
-            for f in p.filters:
-                self.since.pop(f, None)
-                reasons.append(SUCCESS if self.subs.pop(f, None) is not None else NO_SUBSCRIPTION_EXISTED)
-            self._write(Unsuback(p.packet_id, reasons if self.version == 5 else None))
+            self._unsubscribe(p)
         elif isinstance(p, PingReq):
             self._write(PingResp())
         elif isinstance(p, Disconnect):
+            expiry = p.properties.get("session_expiry_interval") if self.version == 5 else None
+            if expiry is not None:
+                if s.expiry == 0 and expiry != 0:
+                    raise codec.ProtocolError("DISCONNECT sets a session expiry on a session that had none")
+                s.expiry = None if expiry == NEVER else expiry
             # MQTT 5 reason 0x04: "disconnect with will message".
             self._end(publish_will=p.reason == 0x04)
         elif isinstance(p, Connect):
@@ -230,6 +265,8 @@ class MqttConnection(asyncio.Protocol):
             raise codec.ProtocolError(f"{type(p).__name__} is not sent by a client")
 
     async def _connect(self, p: Connect) -> None:
+        from .session import Session
+
         self.version = self.reader.version = 5 if p.version == 5 else 4
         if self._timer is not None:
             self._timer.cancel()
@@ -247,29 +284,56 @@ class MqttConnection(asyncio.Protocol):
         if p.will is not None:
             check_topic_name(p.will.topic)
         if self.version == 5:
+            expiry = p.properties.get("session_expiry_interval", 0)
+            expiry = None if expiry == NEVER else expiry
             self.receive_maximum = p.properties.get("receive_maximum", 65535)
             self.client_max_packet = p.properties.get("maximum_packet_size", codec.MAX_PACKET_SIZE)
             props.update(topic_alias_maximum=TOPIC_ALIAS_MAXIMUM, retain_available=1,
                          wildcard_subscription_available=1, subscription_identifier_available=0,
-                         shared_subscription_available=0, maximum_packet_size=self.door.max_packet_size)
+                         shared_subscription_available=1, maximum_packet_size=self.door.max_packet_size)
+        else:
+            expiry = 0 if p.clean_start else None  # 3.1.1: a persistent session never expires
+        store = self.door.store
         old = self.door.clients.get(cid)
         if old is not None and old is not self:
             log.info("mqtt %s: client id %r connected again from %s; closing the older connection",
                      old.peer, cid, self.peer)
             old.taken_over()
+        s = store.sessions.get(cid)
+        if s is not None and p.clean_start:
+            store.discard(s)
+            s = None
+        present = s is not None
+        if s is None:
+            s = store.sessions[cid] = Session(cid, self.version, expiry)
+            s.live = True  # a new session starts at the fan-out's position
+        else:
+            s.version, s.expiry = self.version, expiry
+            if s.timer is not None:
+                s.timer.cancel()
+                s.timer = None
         self.client_id = cid
         self.will = p.will
         self.keep_alive = p.keep_alive
         self.door.clients[cid] = self
+        self.session = s
+        s.conn = self
+        s.gone_at = None
         self.connected = True
-        # No session outlives its connection yet: session present is always 0.
-        self._write(Connack(False, 0, props))
+        store.mark(s)
+        self._write(Connack(present, 0, props))
         if self.keep_alive:
             self._arm_keep_alive()
+        if present:
+            self._resend()
+            self.door.rejoin_shares(s)
+            if not s.live:
+                self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
 
     def taken_over(self) -> None:
         if self.version == 5:
             self._write(Disconnect(SESSION_TAKEN_OVER))
+        self.handover = True
         self._end(publish_will=True)
 
     # --- keep alive ----------------------------------------------------------------------
@@ -317,14 +381,16 @@ class MqttConnection(asyncio.Protocol):
         if "subscription_identifier" in p.properties:
             raise codec.ProtocolError("a client PUBLISH with a subscription identifier")
         check_topic_name(topic)
-        if p.qos == 2 and p.packet_id in self.qos2_in:
+        s = self.session
+        if p.qos == 2 and p.packet_id in s.qos2_in:
             self._write(PubRec(p.packet_id))  # a resend before PUBREL: stored once already
             return
         await self.door.publish(self, topic, p.payload, p.qos, p.retain, p.properties)
         if p.qos == 1:
             self._write(PubAck(p.packet_id))
         elif p.qos == 2:
-            self.qos2_in.add(p.packet_id)
+            s.qos2_in.add(p.packet_id)
+            self.door.store.mark(s)
             self._write(PubRec(p.packet_id))
 
     # --- subscriptions ----------------------------------------------------------------
@@ -332,90 +398,250 @@ class MqttConnection(asyncio.Protocol):
     def _subscribe(self, p: Subscribe) -> None:
         if self.version == 5 and "subscription_identifier" in p.properties:
             raise MQTTError("subscription identifiers are not supported", SUB_IDS_NOT_SUPPORTED)
+        s = self.session
         reasons, fresh = [], []
-        for s in p.subscriptions:
+        for sub in p.subscriptions:
             try:
-                share, f = parse_shared(s.filter)
+                share, f = parse_shared(sub.filter)
                 check_topic_filter(f)
             except MQTTError as e:
                 reasons.append(e.reason if self.version == 5 else UNSPECIFIED)
                 continue
+            if share is not None and sub.no_local:
+                raise codec.ProtocolError(f"no local on the shared subscription {sub.filter!r}")
+            existed = sub.filter in s.subs
+            s.subs[sub.filter] = sub
+            reasons.append(sub.qos)
             if share is not None:
-                reasons.append(SHARED_NOT_SUPPORTED if self.version == 5 else UNSPECIFIED)
-                continue
-            existed = s.filter in self.subs
-            self.subs[s.filter] = s
+                self.door.shares.join(s, share, f)
+                continue  # retained messages are not sent to shared subscriptions
             # Records appended before this SUBSCRIBE are not for it, even if the
             # fan-out has not reached them yet (a retained copy may be on its way).
-            self.since[s.filter] = self.door.end_offsets()
-            reasons.append(s.qos)
-            if s.retain_handling == 0 or (s.retain_handling == 1 and not existed):
-                fresh.append(s)
+            if not existed:
+                s.since[sub.filter] = self.door.end_offsets()
+            if sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed):
+                fresh.append(sub)
+        self.door.store.mark(s)
         self._write(Suback(p.packet_id, reasons))
-        for s in fresh:
-            for name, r, (qos, _retain, props) in self.door.retained_for(s.filter):
-                self.send_message(name, r.value or b"", min(qos, s.qos), True, props)
+        for sub in fresh:
+            for name, r, (qos, _retain, props) in self.door.retained_for(sub.filter):
+                self.send_message(name, r.value or b"", min(qos, sub.qos), True, props,
+                                  (r.topic, r.partition, r.offset))
 
-    def matching_qos(self, name: str, origin, partition: int, offset: int) -> tuple[int, bool] | None:
-        """(highest QoS, retain as published) over this client's filters that match
-        the record at ``partition``/``offset``, or None."""
-        if not self.connected or not self.subs:
+    def _unsubscribe(self, p: Unsubscribe) -> None:
+        s = self.session
+        reasons = []
+        for f in p.filters:
+            s.since.pop(f, None)
+            found = s.subs.pop(f, None) is not None
+            reasons.append(SUCCESS if found else NO_SUBSCRIPTION_EXISTED)
+            if found:
+                try:
+                    share, real = parse_shared(f)
+                except MQTTError:
+                    continue
+                if share is not None:
+                    self.door.shares.leave(s, share, real)
+        self.door.store.mark(s)
+        self._write(Unsuback(p.packet_id, reasons if self.version == 5 else None))
+
+    def matching_qos(self, name: str, origin, key: tuple[str, int], offset: int) -> tuple[int, bool] | None:
+        """(highest QoS, retain as published) over this session's filters that match
+        the record at ``key``/``offset``, or None."""
+        s = self.session
+        if not self.connected or s is None or not s.subs:
             return None
         best = None
-        for f, s in self.subs.items():
-            if (s.no_local and origin is self) or not topic_matches(f, name):
+        for f, sub in s.subs.items():
+            if f.startswith("$share/") or (sub.no_local and origin is self) or not topic_matches(f, name):
                 continue
-            since = self.since.get(f)
-            if since is not None and partition < len(since) and offset < since[partition]:
+            since = s.since.get(f)
+            if since is not None and offset < since.get(key, 0):
                 continue
-            if best is None or s.qos > best[0]:
-                best = (s.qos, s.retain_as_published)
+            if best is None or sub.qos > best[0]:
+                best = (sub.qos, sub.retain_as_published)
         return best
 
     # --- publish out -------------------------------------------------------------------
 
-    def send_message(self, topic: str, payload: bytes, qos: int, retain: bool, props: dict) -> None:
-        if self.closed:
-            return
-        if qos and len(self.inflight) >= self.receive_maximum:
-            self.waiting.append((topic, payload, qos, retain, props))
-            return
-        self._send(topic, payload, qos, retain, props)
+    def ready(self) -> bool:
+        return self.connected and not self.closed
 
-    def _send(self, topic, payload, qos, retain, props) -> None:
+    def window(self) -> int:
+        s = self.session
+        return min(self.receive_maximum, SESSION_WINDOW) if s is not None and s.persistent else self.receive_maximum
+
+    def room(self) -> int:
+        """How many more QoS 1/2 messages may be sent now (none wait)."""
+        return self.window() - len(self.session.inflight) - len(self.waiting)
+
+    def send_message(self, topic: str, payload: bytes, qos: int, retain: bool, props: dict,
+                     loc: tuple[str, int, int] | None = None, share=None) -> None:
+        s = self.session
+        if self.closed or s is None:
+            if share is not None:
+                self.door.shares.give_back(share)
+            return
+        if qos and len(s.inflight) >= self.window():
+            self.waiting.append((topic, payload, qos, retain, props, loc, share))
+            if s.persistent and len(self.waiting) > MAX_WAITING and s.live:
+                self._fall_behind()
+            return
+        self._send(topic, payload, qos, retain, props, loc, share)
+
+    def _send(self, topic, payload, qos, retain, props, loc, share) -> None:
+        from .session import Outgoing
+
+        s = self.session
         pid = None
         if qos:
-            pid = self._packet_id()
-            self.inflight[pid] = qos
+            pid = s.packet_id()
+            s.inflight[pid] = Outgoing(topic, payload, props, qos, retain, loc, share)
         frame = encode(Publish(topic, payload, qos, retain, False, pid, props if self.version == 5 else None),
                        self.version)
         if len(frame) > self.client_max_packet:
             if pid is not None:
-                del self.inflight[pid]
+                del s.inflight[pid]
+            if share is not None:
+                self.door.shares.ack(share)
             log.info("mqtt %s: a %d-byte message on %r is over the client's maximum packet size; not sent",
                      self.peer, len(frame), topic)
             return
-        self.transport.write(frame)
+        if qos:
+            self.door.store.mark(s)
+        self._write_frame(frame)
 
-    def _packet_id(self) -> int:
-        while True:
-            self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self.inflight:
-                return self._next_id
+    def _resend(self) -> None:
+        """A session resumed: its unacknowledged messages again, with DUP, in order."""
+        s = self.session
+        now_ms = time.time_ns() // 1_000_000
+        for pid, out in list(s.inflight.items()):
+            if out.state == 3:
+                self._write(PubRel(pid))
+                continue
+            if not out.topic:  # restored from its record: read the message again
+                r = self.door.read_record(out.loc) if out.loc is not None else None
+                fields = None if r is None or r.key is None else publish_fields(r, now_ms)
+                if fields is None:  # gone from the log, or expired
+                    del s.inflight[pid]
+                    self.door.store.mark(s)
+                    continue
+                out.topic = r.key.decode("utf-8", "replace")
+                out.payload = r.value or b""
+                out.props = fields[2]
+            frame = encode(Publish(out.topic, out.payload, out.qos, out.retain, True, pid,
+                                   out.props if self.version == 5 else None), self.version)
+            self._write_frame(frame)
 
     def _settled(self, pid: int, step: int) -> None:
-        if self.inflight.get(pid) == step:
-            del self.inflight[pid]
-            while self.waiting and len(self.inflight) < self.receive_maximum:
-                self._send(*self.waiting.popleft())
-        else:
+        s = self.session
+        out = s.inflight.get(pid)
+        if out is None or out.state != step:
             log.debug("mqtt %s: acknowledgement of unknown packet id %d", self.peer, pid)
+            return
+        del s.inflight[pid]
+        if out.share is not None:
+            self.door.shares.ack(out.share)
+        self.door.store.mark(s)
+        window = self.window()
+        while self.waiting and len(s.inflight) < window:
+            self._send(*self.waiting.popleft())
+        self._room.set()
+        self.door.shares.schedule()
+
+    # --- catching up -----------------------------------------------------------------
+
+    def _fall_behind(self) -> None:
+        """Too much waits behind the receive maximum: forget it, read it from the log."""
+        s = self.session
+        s.pos = self.door.position_of(s)
+        self.door.shares.release(s, None, [w for w in self.waiting if w[-1] is not None])
+        self.waiting.clear()
+        s.live = False
+        log.info("mqtt %s (%s): more than %d messages wait for acknowledgements; reading them from the log",
+                 self.peer, self.client_id, MAX_WAITING)
+        if self._catching_up is None:
+            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Feed the session from its position up to the fan-out's, then live."""
+        s = self.session
+        try:
+            while not self.closed and s.conn is self:
+                room = self.room()
+                if room <= 0:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                if not self._catch_up_step(room):
+                    s.live = True
+                    self.door.store.mark(s)
+                    return
+                self.door.store.mark(s)
+                await asyncio.sleep(0)
+        except Exception:
+            log.exception("mqtt %s (%s): reading the session's messages from the log failed; closing connection",
+                          self.peer, self.client_id)
+            self._end(publish_will=True)
+        finally:
+            self._catching_up = None
+
+    def _catch_up_step(self, room: int) -> bool:
+        """Deliver up to ``room`` QoS >= 1 messages from the session's position;
+        False once it stands at the fan-out's cursor everywhere."""
+        s = self.session
+        fanout = self.door.fanout
+        now_ms = time.time_ns() // 1_000_000
+        behind = False
+        for k, p in list(fanout.partitions()):
+            end = fanout.cursors[k]
+            start = s.pos.setdefault(k, end)
+            if start >= end:
+                continue
+            behind = True
+            if room <= 0:
+                break
+            start = max(start, p.start_offset)
+            nxt = end
+            for r in p.read(start, max_records=min(500, end - start)):
+                if r.offset >= end:
+                    break
+                name = None
+                if r.key is not None:
+                    try:
+                        name = r.key.decode("utf-8")
+                    except UnicodeDecodeError:
+                        pass
+                qos = None if name is None else self.matching_qos(name, None, k, r.offset)
+                fields = None if qos is None else publish_fields(r, now_ms)
+                if fields is not None and min(qos[0], fields[0]) >= 1:
+                    if room <= 0:
+                        nxt = r.offset
+                        break
+                    mqos, retain, props = fields
+                    self.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], props,
+                                      (k[0], k[1], r.offset))
+                    room -= 1
+                nxt = r.offset + 1
+            s.pos[k] = nxt
+        return behind
 
     # --- the end --------------------------------------------------------------------------
 
     def _write(self, p) -> None:
+        self._write_frame(encode(p, self.version))
+
+    def _write_frame(self, frame: bytes) -> None:
+        s = self.session
+        if s is not None and s.persistent and self.connected and not self.closed:
+            self.outbox.append(frame)
+            self.door.store.hold(self)
+        else:
+            self.write_now(frame)
+
+    def write_now(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(p, self.version))
+            self.transport.write(data)
 
     def _end(self, publish_will: bool) -> None:
         if self.closed:
@@ -429,11 +655,36 @@ class MqttConnection(asyncio.Protocol):
         will, self.will = self.will, None
         if publish_will and will is not None and self.connected and not self.hub.shutting_down:
             asyncio.get_running_loop().create_task(self._publish_will(will))
+        self._detach()
+        if self.door.store is not None:
+            self.door.store.flush_now()
         self.hub.forget(self)
         if self.transport is not None:
             self.transport.close()
         if self.wakeup is not None:
             self.wakeup.set()
+        self._room.set()
+
+    def _detach(self) -> None:
+        """The session goes on without this connection (or ends, if its expiry is 0)."""
+        s = self.session
+        if s is None or s.conn is not self:
+            return
+        store = self.door.store
+        s.pos = self.door.position_of(s)
+        s.live = False
+        # Shared messages not PUBREC'd go back to their groups, for any member.
+        self.door.shares.release(s, None, [w for w in self.waiting if w[-1] is not None])
+        self.waiting.clear()
+        s.conn = None
+        if self.handover:
+            return  # the connection taking over attaches it
+        if s.expiry == 0:
+            store.discard(s)
+        else:
+            s.gone_at = time.time_ns() // 1_000_000
+            store.mark(s)
+            store.arm_expiry(s)
 
     async def _publish_will(self, will) -> None:
         try:

@@ -1,17 +1,54 @@
-"""The MQTT door's settings (the ``[mqtt]`` table and its flags); a light module
-(``umlog serve --help`` reads it without importing the protocol code)."""
+"""The MQTT door's settings (the ``[mqtt]`` table, its flags and ``[[mqtt.route]]``);
+a light module (``umlog serve --help`` reads it without importing the protocol code)."""
 
 from __future__ import annotations
 
-from ..settings import Setting
+import re
+from typing import Any
 
-__all__ = ["MQTT_SETTINGS", "DEFAULT_MQTT_TOPIC"]
+from ..settings import ArrayOfTables, Setting, SettingsError
+
+__all__ = ["MQTT_SETTINGS", "MQTT_ROUTE_SETTINGS", "DEFAULT_MQTT_TOPIC", "SESSIONS_TOPIC", "RETAINED_TOPIC"]
 
 DEFAULT_MQTT_TOPIC = "mqtt-messages"
+RETAINED_TOPIC = "mqtt-retained"
+SESSIONS_TOPIC = "mqtt-sessions"
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _check_route(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    from .codec import MQTTError, check_topic_filter, parse_shared
+
+    try:
+        share, _ = parse_shared(entry["filter"])
+        if share is not None:
+            raise MQTTError("a route's filter cannot be a shared subscription")
+        check_topic_filter(entry["filter"])
+    except MQTTError as e:
+        raise SettingsError(f"{where}: mqtt.route.filter: {e}") from None
+    t = entry["topic"]
+    if not _TOPIC_NAME.fullmatch(t) or t in (".", "..") or t.startswith("__"):
+        raise SettingsError(f"{where}: mqtt.route.topic {t!r} is not a topic name for messages")
+    if t in (RETAINED_TOPIC, SESSIONS_TOPIC):
+        raise SettingsError(f"{where}: mqtt.route.topic {t!r} is the MQTT door's own store")
+    return entry
+
+
+MQTT_ROUTE_SETTINGS = ArrayOfTables("mqtt.route", "Send the PUBLISHes whose topic matches a filter to another log "
+                                                  "topic (README: MQTT).", (
+    Setting("mqtt.route", "filter", "str", None,
+            "MQTT topic filter (+ and # allowed); the first route whose filter matches wins.", required=True),
+    Setting("mqtt.route", "topic", "str", None,
+            "Log topic those PUBLISHes are appended to instead of [mqtt] topic (created if missing); "
+            "subscribers are fed from it too.", required=True),
+), check=_check_route)
 
 MQTT_SETTINGS: tuple[Setting, ...] = (
     Setting("mqtt", "listen", "hostport", None,
             "MQTT 3.1.1/5.0 listener, HOST:PORT (usually port 1883) [default: off].", flag="--mqtt"),
+    Setting("mqtt", "ws_listen", "hostport", None,
+            "MQTT over WebSocket listener, HOST:PORT (any path, subprotocol mqtt) [default: off].",
+            flag="--mqtt-ws"),
     Setting("mqtt", "topic", "str", DEFAULT_MQTT_TOPIC,
             "Log topic every PUBLISH is appended to (key = MQTT topic name, value = payload).",
             flag="--mqtt-topic"),
@@ -21,4 +58,5 @@ MQTT_SETTINGS: tuple[Setting, ...] = (
     Setting("mqtt", "connect_timeout_ms", "int", 10_000,
             "A connection that sends no CONNECT within this time is closed.",
             flag="--mqtt-connect-timeout-ms", min=100, max=3_600_000),
+    *MQTT_ROUTE_SETTINGS,
 )

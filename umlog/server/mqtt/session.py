@@ -1,0 +1,302 @@
+"""MQTT sessions: what outlives a connection, kept in the compacted topic ``mqtt-sessions``.
+
+Theory of operation
+-------------------
+A ``Session`` is the server side of MQTT's session state for one client id:
+its subscriptions, the QoS 1/2 messages sent and not yet acknowledged
+(``inflight``, by packet id), the QoS 2 packet ids received and PUBREC'd
+awaiting PUBREL (``qos2_in``), and its **position** in the log. A connection
+attaches to one session; a takeover moves the session to the new connection.
+
+A session whose expiry is not 0 (MQTT 3.1.1 clean session 0: never expires;
+MQTT 5: ``session_expiry_interval``) is *persistent*: it is one record of the
+compacted topic ``mqtt-sessions``, key = client id, value = the JSON below,
+rewritten whenever it changes, a tombstone when it ends. Nothing is copied
+into it: the messages a client misses while away stay in the log, and the
+session is a cursor over it.
+
+Position: ``pos[(topic, partition)]`` is the next offset of each tailed
+partition this session has not looked at; every offset below it was either
+delivered (and acknowledged, or it is in ``inflight``) or did not match. While
+its client is connected and caught up (``live``), the door's fan-out hands it
+records as they come, and its position is the fan-out's cursor (less what the
+client's receive maximum holds back, ``Connection.waiting``). A session that
+comes back reads the log itself from ``pos`` up to the fan-out's cursor
+(``Connection._catch_up``, QoS >= 1 messages only, as mosquitto queues) and
+then joins the live stream; no record is skipped or seen twice between the two.
+
+Write order: every frame to a persistent session's client goes out only after
+the session record that accounts for it is written (and durable under
+``fsync=always``): a PUBLISH after the record naming its packet id (so a
+resend after a restart uses the same id, which QoS 2 needs), a PUBREC after
+the record holding the id in ``qos2_in``, a PUBCOMP after the one without it.
+``SessionStore`` batches this: changed sessions and pending frames are
+collected during one pass of the loop, the records appended as one batch, then
+the frames written (``_flush``). So a SIGKILL at any point leaves state that a
+client can resume from: nothing acknowledged is lost, nothing sent as QoS 2 is
+sent under another packet id.
+
+Record value (JSON)::
+
+    {"v": 1, "proto": 4|5, "expiry": seconds or null (never),
+     "gone_at": ms when its last connection ended or null (connected),
+     "subs": [[filter, qos, no_local, retain_as_published, retain_handling,
+               [[topic, partition, offset], ...]], ...],   # offsets: where it began
+     "pos": [[topic, partition, offset], ...],
+     "out": [[packet_id, topic, partition, offset, qos, state, retain], ...],
+     "in2": [packet_id, ...], "next_id": n}
+
+``state`` of an outgoing message: 1 (QoS 1 PUBLISH sent), 2 (QoS 2 PUBLISH
+sent), 3 (PUBREC received, PUBREL sent). Shared-subscription messages are in
+``out`` only once PUBREC'd (state 3): before that they belong to the share
+group, which gives them to another member if this one goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from .codec import Subscription
+
+__all__ = ["Session", "Outgoing", "SessionStore", "NEVER"]
+
+log = logging.getLogger("umlog.server.mqtt")
+
+NEVER = 0xFFFFFFFF  # MQTT 5: a session expiry interval that never ends
+_MAX_TIMER_S = 86_400.0  # long expiries are re-armed daily (loop timers stay small)
+
+
+class Outgoing:
+    """A QoS 1/2 message sent to the client and not settled yet."""
+
+    __slots__ = ("topic", "payload", "props", "qos", "retain", "loc", "state", "share")
+
+    def __init__(self, topic: str, payload: bytes, props: dict, qos: int, retain: bool,
+                 loc: tuple[str, int, int] | None, share: Any = None) -> None:
+        self.topic, self.payload, self.props, self.qos, self.retain = topic, payload, props, qos, retain
+        self.loc = loc  # (log topic, partition, offset) of its record
+        self.state = qos  # 1, 2, or 3 once PUBREC'd
+        self.share = share  # (SharedSub, member handle, ShareRecord) until settled
+
+
+class Session:
+    """One client id's session (see the module docstring)."""
+
+    def __init__(self, client_id: str, version: int, expiry: int | None) -> None:
+        self.client_id = client_id
+        self.version = version
+        self.expiry = expiry  # seconds; None: never; 0: ends with its connection
+        self.subs: dict[str, Subscription] = {}  # every filter, "$share/..." ones included
+        self.since: dict[str, dict[tuple[str, int], int]] = {}  # filter -> end offsets when subscribed
+        self.pos: dict[tuple[str, int], int] = {}
+        self.inflight: dict[int, Outgoing] = {}
+        self.qos2_in: set[int] = set()
+        self.next_id = 0
+        self.gone_at: int | None = None
+        self.conn: Any = None
+        self.live = False  # fed by the fan-out (else: catching up, or no connection)
+        self.written = False  # a record of it is in mqtt-sessions
+        self.ended = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.client_id!r} expiry={self.expiry} subs={list(self.subs)}>"
+
+    @property
+    def persistent(self) -> bool:
+        return self.expiry != 0
+
+    def packet_id(self) -> int:
+        for _ in range(65535):
+            self.next_id = self.next_id % 65535 + 1
+            if self.next_id not in self.inflight:
+                return self.next_id
+        raise RuntimeError("every packet id is in flight")
+
+    # --- bytes -----------------------------------------------------------------------------
+
+    def encode(self, pos: dict[tuple[str, int], int]) -> bytes:
+        subs = [[f, s.qos, s.no_local, s.retain_as_published, s.retain_handling,
+                 [[t, p, o] for (t, p), o in sorted(self.since.get(f, {}).items())]] for f, s in self.subs.items()]
+        out = [[pid, o.loc[0], o.loc[1], o.loc[2], o.qos, o.state, o.retain]
+               for pid, o in self.inflight.items() if o.loc is not None and (o.share is None)]
+        v = {"v": 1, "proto": self.version, "expiry": None if self.expiry is None else self.expiry,
+             "gone_at": self.gone_at, "subs": subs, "pos": [[t, p, o] for (t, p), o in sorted(pos.items())],
+             "out": out, "in2": sorted(self.qos2_in), "next_id": self.next_id}
+        return json.dumps(v, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, client_id: str, raw: bytes) -> Session:
+        v = json.loads(raw)
+        if v.get("v") != 1:
+            raise ValueError(f"session record version {v.get('v')!r}")
+        s = cls(client_id, v["proto"], v["expiry"])
+        s.gone_at = v.get("gone_at")
+        for f, qos, nl, rap, rh, since in v["subs"]:
+            s.subs[f] = Subscription(f, qos, bool(nl), bool(rap), rh)
+            s.since[f] = {(t, p): o for t, p, o in since}
+        s.pos = {(t, p): o for t, p, o in v["pos"]}
+        for pid, t, p, o, qos, state, retain in v["out"]:
+            out = Outgoing("", b"", {}, qos, bool(retain), (t, p, o))
+            out.state = state
+            s.inflight[pid] = out
+        s.qos2_in = set(v["in2"])
+        s.next_id = v.get("next_id", 0)
+        s.written = True
+        return s
+
+
+class SessionStore:
+    """The door's sessions, and their records in ``mqtt-sessions`` (module docstring)."""
+
+    def __init__(self, door, topic) -> None:
+        self.door = door
+        self.topic = topic  # the compacted sessions topic (one partition)
+        self.sessions: dict[str, Session] = {}
+        self._dirty: set[Session] = set()
+        self._conns: dict[Any, None] = {}  # connections with frames waiting for a write
+        self._task: asyncio.Task | None = None
+
+    def load(self) -> None:
+        """Every session of the topic; expiry timers from the time each ended (a
+        session whose client was connected when the server stopped ends now)."""
+        now = _now_ms()
+        p = self.topic.partitions[0]
+        raw: dict[str, bytes | None] = {}
+        for r in p.read(p.start_offset):
+            if r.key is not None:
+                raw[r.key.decode("utf-8", "replace")] = None if r.value is None else bytes(r.value)
+        for cid, v in raw.items():
+            if v is None:
+                continue
+            try:
+                s = Session.decode(cid, v)
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("mqtt: skipping the session record of %r: %s", cid, e)
+                continue
+            if s.gone_at is None:
+                s.gone_at = now
+            self.sessions[cid] = s
+            self.arm_expiry(s)
+        if self.sessions:
+            log.info("mqtt: %d persistent session(s) restored", len(self.sessions))
+
+    # --- expiry --------------------------------------------------------------------------
+
+    def arm_expiry(self, s: Session) -> None:
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if s.expiry is None or s.conn is not None or s.gone_at is None:
+            return
+        left = (s.gone_at + s.expiry * 1000 - _now_ms()) / 1000
+        loop = asyncio.get_running_loop()
+        s.timer = loop.call_later(max(0.0, min(left, _MAX_TIMER_S)), self._expire, s)
+
+    def _expire(self, s: Session) -> None:
+        s.timer = None
+        if s.conn is not None or self.sessions.get(s.client_id) is not s:
+            return
+        if s.gone_at + s.expiry * 1000 > _now_ms():
+            self.arm_expiry(s)
+            return
+        log.info("mqtt: the session of %r expired (%d s after its client left)", s.client_id, s.expiry)
+        self.discard(s)
+
+    def discard(self, s: Session) -> None:
+        """End a session for good: its shared subscriptions leave, its record goes."""
+        if s.ended:
+            return
+        s.ended = True
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
+        if self.sessions.get(s.client_id) is s:
+            del self.sessions[s.client_id]
+        self.door.shares.leave_all(s)
+        if s.written:
+            self._dirty.add(s)
+            self._schedule()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def mark(self, s: Session) -> None:
+        """``s`` changed: write its record at the end of this pass of the loop."""
+        if (s.persistent or s.written) and not s.ended:
+            self._dirty.add(s)
+            self._schedule()
+
+    def hold(self, conn) -> None:
+        """``conn`` has frames waiting (``conn.outbox``) for the next write."""
+        self._conns[conn] = None
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let this pass of the loop add to the batch
+            while self._dirty or self._conns:
+                appended, frames = self._write_batch()
+                if appended:
+                    try:
+                        await self.door.hub.durable(appended)
+                    except Exception:
+                        log.exception("mqtt: syncing the session records failed; closing those connections")
+                        for conn, _ in frames:
+                            conn.abort()
+                        continue
+                for conn, data in frames:
+                    conn.write_now(data)
+        finally:
+            self._task = None
+
+    def flush_now(self) -> None:
+        """Write what is pending at once, without waiting for durability (a
+        connection ending, the door closing)."""
+        _, frames = self._write_batch()
+        for conn, data in frames:
+            conn.write_now(data)
+
+    def _write_batch(self):
+        dirty, self._dirty = self._dirty, set()
+        conns, self._conns = self._conns, {}
+        frames = []
+        for conn in conns:
+            if conn.outbox:
+                frames.append((conn, b"".join(conn.outbox)))
+                conn.outbox = []
+        if not dirty:
+            return None, frames
+        keys, values = [], []
+        for s in dirty:
+            if s.ended or not s.persistent:
+                if s.written:
+                    keys.append(s.client_id.encode())
+                    values.append(None)
+                    s.written = False
+                continue
+            keys.append(s.client_id.encode())
+            values.append(s.encode(self.door.position_of(s)))
+            s.written = True
+        if not keys:
+            return None, frames
+        p = self.topic.partitions[0]
+        try:
+            p.append_many(values, keys)
+        except Exception:
+            log.exception("mqtt: writing %d session record(s) failed; closing those connections", len(keys))
+            for conn, _ in frames:
+                conn.abort()
+            return None, []
+        return {p: p.end_offset}, frames
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
