@@ -168,6 +168,7 @@ class HttpDoor(Door):
 
         loop = asyncio.get_running_loop()
         self.hub.bind(loop)
+        _quiet_bad_requests()
         self.metrics = Metrics(self)
         app = web.Application(middlewares=[self._middleware], client_max_size=self.max_body,
                               handler_args={"max_field_size": 65536})
@@ -279,6 +280,26 @@ class HttpDoor(Door):
         if problems:
             return json_response({"status": "not ready", "problems": problems}, 503)
         return json_response({"status": "ready", "doors": [d.name for d in self.hub.doors]})
+
+
+class _BadRequestLines(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR with a traceback; that is the
+    client's doing: one line at INFO instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            log.info("http: bad request refused (%s): %s", exc.code, str(exc).splitlines()[0][:200])
+            return False
+        return True
+
+
+def _quiet_bad_requests() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _BadRequestLines) for f in logger.filters):
+        logger.addFilter(_BadRequestLines())
 
 
 def _probe_write(path: str) -> None:

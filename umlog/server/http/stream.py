@@ -204,6 +204,14 @@ def _parse_event_id(value: str) -> dict[int, int]:
     return out
 
 
+def _unpaused(transport) -> None:
+    """Never pause writing on this stream's transport: a paused one makes aiohttp's
+    writes wait for the client, and the stream could not see it fall behind.
+    ``_check_room`` bounds the buffer instead (to the limit plus one batch)."""
+    if transport is not None:
+        transport.set_write_buffer_limits(high=1 << 60)
+
+
 def _check_room(door, transport) -> None:
     if transport is None or transport.is_closing():
         raise ConnectionResetError("closed")
@@ -249,9 +257,7 @@ async def sse(door, request):
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
-    transport = request.transport
-    if transport is not None:  # drop at stream_buffer, before aiohttp's own drain would wait
-        transport.set_write_buffer_limits(high=door.stream_buffer * 2)
+    _unpaused(request.transport)
 
     async def run():
         await resp.write(b": umlog\n\n")
@@ -280,9 +286,7 @@ async def websocket(door, request):
     tail = Tail(door, request)
     ws = web.WebSocketResponse(heartbeat=door.heartbeat_s, max_msg_size=door.max_body)
     await ws.prepare(request)
-    transport = request.transport
-    if transport is not None:
-        transport.set_write_buffer_limits(high=door.stream_buffer * 2)
+    _unpaused(request.transport)
 
     async def send_loop():
         while not door.hub.shutting_down and not ws.closed:
