@@ -300,14 +300,15 @@ class _Core:
                 p = self._partition(w)
             except UnknownTopicError:  # deleted this moment; forget_topic comes next
                 continue
-            self._expire(w, now_m, now_w, dirty, dead)
+            again = self._expire(w, now_m, now_w, dirty, dead)
             if p.start_offset > w.start:  # retention deleted records before they were done
                 w.skip_to(p.start_offset)
                 dirty.add(w)
+                again = [o for o in again if o in w.entries]
             need = max_records - len(out)
             if need <= 0:
                 continue
-            again = sorted(o for o, e in w.entries.items() if e.state == AVAILABLE and e.aux <= now_w)[:need]
+            again = sorted(again)[:need]
             if again:
                 dirty.add(w)
                 got = self._read_offsets(p, again)
@@ -328,19 +329,26 @@ class _Core:
                     fresh = list(p.read(w.end, max_records=min(need, room)))
                 except OffsetOutOfRangeError:  # retention ran meanwhile: next call
                     fresh = []
-                for r in fresh:
-                    if r.offset - w.start >= self.max_in_flight:
+                limit = w.start + self.max_in_flight
+                entries, deadline = w.entries, now_m + self.lock_ms / 1000
+                topic, index = w.topic, w.partition
+                for r in fresh:  # the hot path: _lock_entry and _why_dead inlined
+                    o = r.offset
+                    if o >= limit:
                         break
                     dirty.add(w)
-                    w.end = r.offset + 1
-                    e = w.entries[r.offset] = Entry(AVAILABLE, 0)
-                    why = self._why_dead(r, 1, now_w)
+                    w.end = o + 1
+                    e = entries[o] = Entry(ACQUIRED, 1)
+                    why = self._why_dead(r, 1, now_w) if r.headers else None  # a first delivery dies of a TTL only
                     if why:
-                        dead.append((w, r.offset, r, why))
+                        e.state, e.count = AVAILABLE, 0
+                        dead.append((w, o, r, why))
                         continue
-                    out.append(self._lock_entry(e, r, w, handle, now_m))
+                    e.owner, e.deadline = handle, deadline
+                    out.append(ShareRecord(r, topic, index, 1))
         self._commit(dirty, dead)
-        return out, bool(dead), self._next_due_s(now_m, now_w)
+        # when to look again matters only to a caller that got nothing (it waits)
+        return out, bool(dead), None if out else self._next_due_s(now_m, now_w)
 
     def _lock_entry(self, e: Entry, r, w: Window, handle, now_m: float) -> ShareRecord:
         e.state, e.aux = ACQUIRED, 0
@@ -357,11 +365,21 @@ class _Core:
             return f"delivered {next_count - 1} times (max_attempts {self.max_attempts})"
         return None
 
-    def _expire(self, w: Window, now_m: float, now_w: int, dirty: set, dead: list) -> None:
+    def _expire(self, w: Window, now_m: float, now_w: int, dirty: set, dead: list) -> list[int]:
+        """Expired locks back to available (or dead); returns the offsets available
+        now (one pass over the window)."""
+        ready = []
         for o, e in w.entries.items():
-            if e.state == ACQUIRED and e.deadline <= now_m:
+            st = e.state
+            if st == ACQUIRED:
+                if e.deadline > now_m:
+                    continue
                 dirty.add(w)
                 self._fail(w, o, e, now_w, None, dead, "lock expired")
+                st = e.state
+            if st == AVAILABLE and e.aux <= now_w:
+                ready.append(o)
+        return ready
 
     def _fail(self, w: Window, o: int, e: Entry, now_w: int, delay_ms: int | None, dead: list, how: str) -> None:
         """A delivery failed (released or its lock expired): available again, or dead."""
@@ -426,13 +444,14 @@ class _Core:
                 raise TypeError(f"expected ShareRecord(s) from acquire(), not {type(r).__name__}")
             w = self._windows.get((r.topic, r.partition))
             e = None if w is None else w.entries.get(r.offset)
-            where = f"{r.topic}-{r.partition}@{r.offset} (delivery {r.delivery_count})"
-            if e is None or e.state in DONE or e.state == DEAD_PENDING:
-                raise InvalidRecordStateError(f"{where} is already settled")
-            if e.state != ACQUIRED or e.owner is not handle or e.count != r.delivery_count:
-                raise InvalidRecordStateError(f"{where} is not held by this handle (its lock expired, "
-                                              "or it was redelivered)")
-            if e.deadline <= now_m:
+            if e is None or e.state != ACQUIRED or e.owner is not handle or e.count != r.delivery_count \
+                    or e.deadline <= now_m:
+                where = f"{r.topic}-{r.partition}@{r.offset} (delivery {r.delivery_count})"
+                if e is None or e.state in DONE or e.state == DEAD_PENDING:
+                    raise InvalidRecordStateError(f"{where} is already settled")
+                if e.state != ACQUIRED or e.owner is not handle or e.count != r.delivery_count:
+                    raise InvalidRecordStateError(f"{where} is not held by this handle (its lock expired, "
+                                                  "or it was redelivered)")
                 raise InvalidRecordStateError(f"{where}: its lock expired ({self.lock_ms} ms)")
             out.append((w, r.offset, e))
         return out
