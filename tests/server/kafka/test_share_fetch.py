@@ -137,7 +137,7 @@ def test_explicit_release_redelivers_and_reject_dead_letters(server):
     by_value = {}
     for _, o, dc, v in got:
         by_value.setdefault(v, []).append((o, dc))
-    assert by_value[b"retry"] == [(8, 1), (8, 2)]  # released: the same offset again, one delivery more
+    assert by_value[b"retry"] == [(8, 1), (8, 2)], got  # released: the same offset again, one delivery more
     assert by_value[b"poison"] == [(9, 1)]  # rejected: never again
     assert all(by_value[b"ok-%d" % i] == [(i, 1)] for i in range(8))
     # the rejected record is in the group's dead-letter topic, with Spring Kafka's headers
