@@ -34,7 +34,7 @@ they were redriven (``umlog groups list`` shows it with its lag).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from .._native.core import partition_for_key
 from ..errors import TopicExistsError, UnknownTopicError
@@ -169,10 +169,12 @@ def dead_letters(broker, dlq: str, max_records: int | None = None) -> Iterator[d
 
 
 def redrive(broker, dlq: str, *, to: str | None = None, max_records: int | None = None, create_topic=None,
-            progress: Callable[[dict], None] | None = None) -> dict:
+            progress: Callable[[dict], None] | None = None, partitions: Iterable[int] | None = None) -> dict:
     """Put the dead letters of ``dlq`` back on their original topics (or ``to``), exactly
     once across kills (see the module docstring). ``max_records`` bounds the dead
-    letters read in this run; ``progress`` gets a dict after every batch.
+    letters read in this run; ``partitions`` limits it to those partitions of ``dlq``
+    (``partitions=[p], max_records=1``: the next dead letter of ``p``); ``progress``
+    gets a dict after every batch.
 
     :return: {"read", "appended", "already_there", "skipped", "targets": {topic: n}}
     """
@@ -198,7 +200,10 @@ def redrive(broker, dlq: str, *, to: str | None = None, max_records: int | None 
 
     total = {"read": 0, "appended": 0, "already_there": 0, "skipped": 0, "targets": {}}
     left = max_records
+    only = None if partitions is None else set(partitions)
     for p in t.partitions:
+        if only is not None and p.index not in only:
+            continue
         s = ForwardStream(broker, group, dlq, p.index)
         pos = p.start_offset if s.position is None else max(s.position, p.start_offset)
         end = p.end_offset

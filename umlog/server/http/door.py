@@ -17,6 +17,8 @@ the engine:
   whose unsent bytes pass ``stream_buffer_bytes`` is dropped.
 * ``metrics``: ``/metrics`` in Prometheus' text format, read from the engine at
   scrape time by a custom collector (nothing is counted per record).
+* ``api`` and ``console``: the JSON API under ``/api/`` and the web console
+  at ``/`` (static files shipped in the package, served from memory).
 
 ``/healthz`` answers while the process runs; ``/readyz`` when every started
 door listens and the data dir takes a write.
@@ -154,6 +156,7 @@ class HttpDoor(Door):
         self._runner = None
         self._server: asyncio.base_events.Server | None = None
         self.rest = None
+        self.api = None
         self.metrics = None
 
     # --- the Door interface ---------------------------------------------------------------
@@ -162,7 +165,8 @@ class HttpDoor(Door):
         from aiohttp import web
 
         from ..settings import parse_hostport
-        from . import stream
+        from . import console, stream
+        from .api import Api
         from .metrics import Metrics
         from .rest import Rest
 
@@ -173,12 +177,15 @@ class HttpDoor(Door):
         app = web.Application(middlewares=[self._middleware], client_max_size=self.max_body,
                               handler_args={"max_field_size": 65536})
         app.router.add_get("/", self._index)
+        console.add_routes(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self.metrics.handle)
         stream.add_routes(app, self)
         self.rest = Rest(self)
         self.rest.add_routes(app)
+        self.api = Api(self)
+        self.api.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         factory = self._runner.server
@@ -196,6 +203,8 @@ class HttpDoor(Door):
             t.cancel()
         if self.rest is not None:
             self.rest.stop()
+        if self.api is not None:
+            self.api.stop()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -203,6 +212,8 @@ class HttpDoor(Door):
             self._server = None
         if self.rest is not None:
             self.rest.stop()
+        if self.api is not None:
+            self.api.stop()
         for t in list(self.streams):
             t.cancel()
         if self._runner is not None:
@@ -261,6 +272,11 @@ class HttpDoor(Door):
     # --- index and health ------------------------------------------------------------------
 
     async def _index(self, request):
+        """The web console for a browser (it asks for text/html), this list for anyone else."""
+        if "text/html" in request.headers.get("Accept", ""):
+            from .console import page
+
+            return page("index.html")
         return json_response({"umlog": "http", "endpoints": ENDPOINTS})
 
     async def _healthz(self, request):
@@ -324,4 +340,9 @@ ENDPOINTS = [
     "POST|GET /consumers/{group}/instances/{instance}/offsets",
     "GET /topics/{topic}/events (Server-Sent Events)", "GET /topics/{topic}/ws (WebSocket)",
     "GET /metrics", "GET /healthz", "GET /readyz",
+    "GET|POST /api/topics", "GET|PATCH|DELETE /api/topics/{topic}", "GET|POST /api/topics/{topic}/messages",
+    "GET /api/topics/{topic}/search", "GET /api/groups[/{group}]", "POST /api/groups/{group}/reset",
+    "GET /api/share-groups[/{group}]", "GET /api/dead-letters[/{topic}]", "POST /api/dead-letters/{topic}/redrive",
+    "GET /api/webhooks", "GET /api/mqtt/sessions", "GET /api/throughput", "GET /api/overview",
+    "GET / (the web console, for a browser)",
 ]
