@@ -68,16 +68,18 @@ class Door(abc.ABC):
 
 def door_classes() -> list[type[Door]]:
     """Every door ``umlog serve`` knows, in ready-line order."""
+    from .amqp import AmqpDoor
     from .http import HttpDoor
     from .kafka import KafkaDoor
     from .mqtt import MqttDoor
 
-    return [KafkaDoor, MqttDoor, HttpDoor]
+    return [KafkaDoor, MqttDoor, AmqpDoor, HttpDoor]
 
 
 def all_settings() -> list[Setting]:
     """The server's settings and every door's, in documentation order (read
     from the doors' light settings modules: no protocol code is imported)."""
+    from .amqp.settings import AMQP_SETTINGS
     from .http.settings import HTTP_SETTINGS
     from .kafka.settings import KAFKA_SETTINGS
     from .mqtt.settings import MQTT_SETTINGS
@@ -85,4 +87,5 @@ def all_settings() -> list[Setting]:
     from .settings import SERVER_SETTINGS
     from .webhooks import WEBHOOK_SETTINGS
 
-    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *MQTT_SETTINGS, *HTTP_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS]
+    return [*SERVER_SETTINGS, *KAFKA_SETTINGS, *MQTT_SETTINGS, *AMQP_SETTINGS, *HTTP_SETTINGS, *WEBHOOK_SETTINGS,
+            *ROUTE_SETTINGS]

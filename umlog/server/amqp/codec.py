@@ -1,0 +1,342 @@
+"""AMQP 0-9-1 bytes: frames, the hot methods, content properties <-> record headers, routing matches.
+
+``pamqp`` decodes the client's methods and encodes the server's; the few
+methods on the message path (basic.publish and basic.ack in, basic.deliver,
+basic.get-ok, basic.return and basic.ack out) are packed here by hand, and so
+are content headers, because their properties must come back byte for byte.
+
+Properties as record headers
+----------------------------
+A published message becomes one record: key = routing key, value = body, and
+one header per property present (absent properties have no header)::
+
+    content_type      content-type            (the name MQTT's content type uses too)
+    content_encoding  amqp-content-encoding
+    headers           amqp-headers            the field table's bytes as the client sent them
+                                              (without its length prefix): every field type kept
+    delivery_mode     amqp-delivery-mode      ASCII decimal
+    priority          amqp-priority           ASCII decimal
+    correlation_id    amqp-correlation-id
+    reply_to          amqp-reply-to
+    expiration        amqp-expiration         as sent (ms, ASCII)
+    message_id        amqp-message-id
+    timestamp         amqp-timestamp          ASCII decimal seconds
+    type              amqp-type
+    user_id           amqp-user-id
+    app_id            amqp-app-id
+    cluster_id        amqp-cluster-id
+
+Short strings are stored as their bytes. A record with other headers (from
+another door: Kafka headers, MQTT user properties, dead-letter headers) is
+delivered with them as long-string entries of the headers table, after the
+entries of ``amqp-headers``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import struct
+
+from pamqp import decode as pdecode
+from pamqp import encode as pencode
+
+__all__ = ["PROTOCOL_HEADER", "FRAME_END", "parse_properties", "build_properties", "content_frames",
+           "deliver_method", "get_ok_method", "return_method", "ack_method", "topic_regex", "headers_match",
+           "record_table", "add_death", "PROP_HEADERS"]
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
+FRAME_END = 0xCE
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
+
+_frame_head = struct.Struct(">BHI")
+_H = struct.Struct(">H")
+_I = struct.Struct(">I")
+_Q = struct.Struct(">Q")
+_HH = struct.Struct(">HH")
+_content_head = struct.Struct(">HHQH")
+
+# (record header, kind) in property-flag order (bit 15 first). Kinds: s shortstr,
+# t table, o octet, q timestamp (long long).
+PROP_HEADERS = (
+    ("content-type", "s"), ("amqp-content-encoding", "s"), ("amqp-headers", "t"), ("amqp-delivery-mode", "o"),
+    ("amqp-priority", "o"), ("amqp-correlation-id", "s"), ("amqp-reply-to", "s"), ("amqp-expiration", "s"),
+    ("amqp-message-id", "s"), ("amqp-timestamp", "q"), ("amqp-type", "s"), ("amqp-user-id", "s"),
+    ("amqp-app-id", "s"), ("amqp-cluster-id", "s"),
+)
+_PROP_INDEX = {name: i for i, (name, _) in enumerate(PROP_HEADERS)}
+# record headers that say how the record was stored, never shown as table entries
+HIDDEN = {"umlog-ttl-ms"}
+
+
+class FrameError(ValueError):
+    """Bytes that are not a valid frame or field (the connection is closed with 501/502)."""
+
+
+def _shortstr(b: bytes) -> bytes:
+    if len(b) > 255:
+        b = b[:255]
+    return bytes((len(b),)) + b
+
+
+# --- content headers ------------------------------------------------------------------------------
+
+def parse_properties(payload: bytes | memoryview) -> tuple[int, list[tuple[str, bytes]]]:
+    """A content-header frame's payload -> (body size, record headers)."""
+    try:
+        class_id, _weight, size, flags = _content_head.unpack_from(payload, 0)
+    except struct.error:
+        raise FrameError("content header too short") from None
+    if class_id != 60:
+        raise FrameError(f"content header of class {class_id}")
+    pos = 14
+    headers = []
+    bit = 15
+    try:
+        while flags and bit >= 0:
+            if bit == 0:  # the continuation flag: more flag words (none are defined in 0-9-1)
+                if flags & 1:
+                    raise FrameError("property flags continue past the defined properties")
+                break
+            if flags & (1 << bit):
+                i = 15 - bit
+                if i >= len(PROP_HEADERS):
+                    raise FrameError("an undefined property flag is set")
+                name, kind = PROP_HEADERS[i]
+                if kind == "s":
+                    n = payload[pos]
+                    v = bytes(payload[pos + 1:pos + 1 + n])
+                    if len(v) != n:
+                        raise FrameError("property runs past the frame")
+                    pos += 1 + n
+                elif kind == "t":
+                    (n,) = _I.unpack_from(payload, pos)
+                    v = bytes(payload[pos + 4:pos + 4 + n])
+                    if len(v) != n:
+                        raise FrameError("headers table runs past the frame")
+                    _check_table(v)
+                    pos += 4 + n
+                elif kind == "o":
+                    v = b"%d" % payload[pos]
+                    pos += 1
+                else:
+                    (t,) = _Q.unpack_from(payload, pos)
+                    v = b"%d" % t
+                    pos += 8
+                headers.append((name, v))
+            bit -= 1
+    except (IndexError, struct.error):
+        raise FrameError("content properties run past the frame") from None
+    return size, headers
+
+
+def _check_table(raw: bytes) -> None:
+    try:
+        pdecode.field_table(_I.pack(len(raw)) + raw)
+    except Exception as e:  # pamqp raises ValueError/struct.error/... on garbage
+        raise FrameError(f"bad headers table: {e}") from None
+
+
+def build_properties(headers, extra_table: bytes = b"") -> bytes:
+    """Record headers -> the flags and property list of a content header
+    (``extra_table``: encoded entries added to the headers table)."""
+    slots: list = [None] * len(PROP_HEADERS)
+    extra = []
+    for k, v in headers:
+        i = _PROP_INDEX.get(k)
+        if i is not None:
+            slots[i] = b"" if v is None else bytes(v)
+        elif k not in HIDDEN:
+            extra.append((k, v))
+    if extra or extra_table:
+        table = bytearray(slots[2] or b"")
+        table += extra_table
+        for k, v in extra:
+            kb = k.encode("utf-8", "replace")[:255]
+            vb = b"" if v is None else bytes(v)
+            table += _shortstr(kb) + b"S" + _I.pack(len(vb)) + vb
+        slots[2] = bytes(table)
+    flags = 0
+    out = bytearray(2)
+    for i, v in enumerate(slots):
+        if v is None:
+            continue
+        kind = PROP_HEADERS[i][1]
+        if kind == "s":
+            out += _shortstr(v)
+        elif kind == "t":
+            out += _I.pack(len(v)) + v
+        elif kind == "o":
+            try:
+                out.append(int(v) & 0xFF)
+            except ValueError:
+                continue
+        else:
+            try:
+                out += _Q.pack(int(v) & 0xFFFFFFFFFFFFFFFF)
+            except ValueError:
+                continue
+        flags |= 1 << (15 - i)
+    _H.pack_into(out, 0, flags)
+    return bytes(out)
+
+
+def content_frames(channel: int, props: bytes, body: bytes, frame_max: int) -> list[bytes]:
+    """The header frame and the body frames (split to ``frame_max``) of one message."""
+    head = b"\x00\x3c\x00\x00" + _Q.pack(len(body)) + props
+    frames = [_frame_head.pack(FRAME_HEADER, channel, len(head)) + head + b"\xce"]
+    step = frame_max - 8
+    mv = memoryview(body)
+    for i in range(0, len(body), step):
+        chunk = mv[i:i + step]
+        frames.append(_frame_head.pack(FRAME_BODY, channel, len(chunk)) + bytes(chunk) + b"\xce")
+    return frames
+
+
+def method_frame(channel: int, payload: bytes) -> bytes:
+    return _frame_head.pack(FRAME_METHOD, channel, len(payload)) + payload + b"\xce"
+
+
+def deliver_method(consumer_tag: bytes, tag: int, redelivered: bool, exchange: bytes, key: bytes) -> bytes:
+    return (b"\x00\x3c\x00\x3c" + _shortstr(consumer_tag) + _Q.pack(tag) + (b"\x01" if redelivered else b"\x00")
+            + _shortstr(exchange) + _shortstr(key))
+
+
+def get_ok_method(tag: int, redelivered: bool, exchange: bytes, key: bytes, count: int) -> bytes:
+    return (b"\x00\x3c\x00\x47" + _Q.pack(tag) + (b"\x01" if redelivered else b"\x00") + _shortstr(exchange)
+            + _shortstr(key) + _I.pack(max(0, min(count, 0xFFFFFFFF))))
+
+
+def return_method(code: int, text: str, exchange: bytes, key: bytes) -> bytes:
+    return b"\x00\x3c\x00\x32" + _H.pack(code) + _shortstr(text.encode()) + _shortstr(exchange) + _shortstr(key)
+
+
+def ack_method(tag: int, multiple: bool, nack: bool = False) -> bytes:
+    return (b"\x00\x3c\x00\x78" if nack else b"\x00\x3c\x00\x50") + _Q.pack(tag) + (b"\x01" if multiple else b"\x00")
+
+
+def parse_publish(payload) -> tuple[str, bytes, bool, bool]:
+    """basic.publish arguments: (exchange, routing key, mandatory, immediate)."""
+    pos = 6
+    n = payload[pos]
+    exchange = bytes(payload[pos + 1:pos + 1 + n]).decode("utf-8", "replace")
+    pos += 1 + n
+    n = payload[pos]
+    key = bytes(payload[pos + 1:pos + 1 + n])
+    pos += 1 + n
+    bits = payload[pos]
+    return exchange, key, bool(bits & 1), bool(bits & 2)
+
+
+def parse_ack(payload) -> tuple[int, bool]:
+    (tag,) = _Q.unpack_from(payload, 4)
+    return tag, bool(payload[12] & 1)
+
+
+# --- routing -----------------------------------------------------------------------------------------
+
+def topic_regex(pattern: str) -> re.Pattern:
+    """A topic exchange's binding key (``*`` one word, ``#`` zero or more) as a regex."""
+    words: list[str] = []
+    for w in pattern.split("."):
+        if w == "#" and words and words[-1] == "#":
+            continue
+        words.append(w)
+    if words == ["#"]:
+        return re.compile(r".*", re.S)
+    out = ""
+    for i, w in enumerate(words):
+        if w == "#":
+            out += r"(?:.*\.)?" if i == 0 else r"(?:\..*)?"
+            continue
+        piece = r"[^.]*" if w == "*" else re.escape(w)
+        sep = "" if i == 0 or (i == 1 and words[0] == "#") else r"\."
+        out += sep + piece
+    return re.compile(out, re.S)
+
+
+def record_table(headers) -> dict:
+    """The AMQP headers table a record is delivered with, decoded (headers exchanges match on it)."""
+    table = {}
+    for k, v in headers:
+        if k == "amqp-headers" and v:
+            try:
+                table.update(pdecode.field_table(_I.pack(len(v)) + bytes(v))[1])
+            except Exception:
+                pass
+        elif k not in _PROP_INDEX and k not in HIDDEN:
+            table[k] = b"" if v is None else bytes(v)
+    return table
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, bytes):
+        a = a.decode("utf-8", "replace")
+    if isinstance(b, bytes):
+        b = b.decode("utf-8", "replace")
+    return a == b
+
+
+def headers_match(args: dict, table: dict) -> bool:
+    """A headers exchange binding (``x-match`` all/any, also ``all-with-x``/``any-with-x``)."""
+    mode = args.get("x-match", "all")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    with_x = mode.endswith("-with-x")
+    wanted = [(k, v) for k, v in args.items() if k != "x-match" and (with_x or not k.startswith("x-"))]
+    if not wanted:
+        return mode.startswith("all")
+    hits = 0
+    for k, v in wanted:
+        if k in table and (v is None or _same(v, table[k])):
+            hits += 1
+        elif mode.startswith("all"):
+            return False
+    return hits == len(wanted) if mode.startswith("all") else hits > 0
+
+
+# --- dead letters ------------------------------------------------------------------------------------
+
+def add_death(headers, queue: str, reason: str, exchange: str, routing_key: bytes, now_s: int) -> list:
+    """The record headers of a dead letter: ``x-death`` (RabbitMQ's format: one
+    entry per (queue, reason), newest first, with its count) and the
+    ``x-first-death-*``/``x-last-death-*`` headers set in its table; the
+    expiration is dropped (as RabbitMQ does, so that it does not expire again)."""
+    out = [(k, v) for k, v in headers if k not in ("amqp-headers", "amqp-expiration", "umlog-ttl-ms")]
+    raw = b""
+    for k, v in headers:
+        if k == "amqp-headers" and v:
+            raw = bytes(v)
+    try:
+        table = dict(pdecode.field_table(_I.pack(len(raw)) + raw)[1]) if raw else {}
+    except Exception:
+        table = {}
+    deaths = list(table.get("x-death") or [])
+    rk = routing_key.decode("utf-8", "replace")
+    when = datetime.datetime.fromtimestamp(now_s, datetime.UTC)
+    entry = None
+    for d in deaths:
+        if _same(d.get("queue"), queue) and _same(d.get("reason"), reason):
+            entry = d
+            break
+    if entry is not None:
+        deaths.remove(entry)
+        entry = dict(entry)
+        entry["count"] = int(entry.get("count", 0)) + 1
+        entry["time"] = when
+    else:
+        entry = {"count": 1, "reason": reason, "queue": queue, "time": when, "exchange": exchange,
+                 "routing-keys": [rk]}
+    deaths.insert(0, entry)
+    table["x-death"] = deaths
+    if "x-first-death-reason" not in table:
+        table["x-first-death-reason"] = reason
+        table["x-first-death-queue"] = queue
+        table["x-first-death-exchange"] = exchange
+    table["x-last-death-reason"] = reason
+    table["x-last-death-queue"] = queue
+    table["x-last-death-exchange"] = exchange
+    enc = pencode.field_table(table)
+    out.append(("amqp-headers", enc[4:]))
+    return out
