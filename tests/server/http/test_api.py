@@ -294,3 +294,13 @@ def test_a_share_consumers_rejections_are_dead_letters_with_their_reason(tmp_pat
         assert http.call("GET", "/api/mqtt/sessions").json() == []
     finally:
         assert s.stop() == 0, s.stderr_text()
+
+
+def test_bodies_are_json_whatever_the_content_type_says(http):
+    t = name("curl")
+    r = http.call("POST", "/api/topics", raw=json.dumps({"name": t}).encode(),
+                  ctype="application/x-www-form-urlencoded")  # what curl -d sends
+    assert r.status == 201, r
+    for raw, status in ((b"[1]", 422), (b"{", 400), (b"", 422)):
+        r = http.call("POST", "/api/topics", raw=raw, ctype="application/x-www-form-urlencoded")
+        assert r.status == status and r.ctype == "application/json", (raw, r)

@@ -244,10 +244,20 @@ class Api:
             raise RestError(404, 40402, f"Partition {p} of topic {t.name} not found.")
         return [t.partitions[p]]
 
-    async def _body(self, request) -> dict:
-        from .rest import read_json
+    async def _body(self, request, required: bool = True) -> dict:
+        """The JSON object of the body, whatever its content type says (``curl -d``
+        sends form encoding); ``{}`` for none when not ``required``."""
+        import json
 
-        body = await read_json(request)
+        raw = await request.read()
+        if not raw.strip():
+            if required:
+                raise _unprocessable("The request body is missing (a JSON object).")
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RestError(400, 400, f"Malformed JSON: {e}") from None
         if not isinstance(body, dict):
             raise _unprocessable("The request body must be a JSON object.")
         return body
@@ -685,11 +695,7 @@ class Api:
         from umlog.delivery.dlq import redrive, redrive_group
 
         t = self._topic(request.match_info["topic"])
-        from .rest import read_json
-
-        body = await read_json(request, required=False) or {}
-        if not isinstance(body, dict):
-            raise _unprocessable("The request body must be a JSON object.")
+        body = await self._body(request, required=False)
         to = body.get("to")
         if to is not None and not isinstance(to, str):
             raise _unprocessable("to must be a topic name")
