@@ -588,6 +588,8 @@ class AmqpConnection(asyncio.Protocol):
             door.authorize(self.principal, "READ", "GROUP", m.queue or "amq.gen", self.peer)
             q = door.declare_queue(self, m.queue, m.passive, m.durable, m.exclusive, m.auto_delete, args)
             ch.last_queue = q.name
+            if q.max_length is not None:
+                q.enforce_max_length()
             if not m.nowait:
                 count = q.count_ready() if not q.stream else 0
                 self.send_method(n, cmd.Queue.DeclareOk(queue=q.name, message_count=count,

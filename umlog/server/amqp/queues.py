@@ -289,8 +289,8 @@ class Queue:
             progressed = False
             for j in range(len(consumers)):
                 c = consumers[(self._turn + j) % len(consumers)]
-                if c.tag not in self.consumers:
-                    continue
+                if c.channel.consumers.get(c.tag) is not c:
+                    continue  # cancelled meanwhile
                 room = c.room()
                 if room <= 0:
                     continue
