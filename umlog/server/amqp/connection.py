@@ -374,8 +374,10 @@ class AmqpConnection(asyncio.Protocol):
             if chan is None or chan.closing:
                 if chan is not None:
                     return  # content of a method the closed channel ignored
-                raise AmqpError(CHANNEL_ERROR if self.state == "opened" else UNEXPECTED_FRAME,
-                                f"UNEXPECTED_FRAME - content frame on channel {ch}, which is not open", hard=True)
+                if ch == 0 or self.state != "opened":
+                    raise AmqpError(UNEXPECTED_FRAME, f"UNEXPECTED_FRAME - content frame on channel {ch}", hard=True)
+                raise AmqpError(CHANNEL_ERROR, f"CHANNEL_ERROR - content frame on channel {ch}, which is not open",
+                                hard=True)
             c = chan.content
             if c is None:
                 raise AmqpError(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content frame without basic.publish",
