@@ -60,7 +60,9 @@ FORMAT_VERSION = 1
 # deleted by delete_topic. ``__consumer_offsets`` holds committed group offsets,
 # ``__share_group_state`` the share groups' windows (umlog/delivery/state.py).
 # ``__delayed`` the records of delayed delivery until they are due (umlog/delivery/delay.py).
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state", "__delayed"})
+# ``__remote_log_metadata`` which segments tiered storage holds (umlog/log/tiered.py).
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state", "__delayed",
+                             "__remote_log_metadata"})
 
 class Topic:
     """A named set of partitions with one config.
@@ -198,6 +200,7 @@ class Broker:
         linger_ms: int = 100,
         cleaner_interval_ms: int | None = 30_000,
         delay_clock=None,
+        tiered: Mapping[str, Any] | None = None,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
@@ -210,6 +213,9 @@ class Broker:
             raise ValueError(f"cleaner_interval_ms must be an int >= 0 or None, not {cleaner_interval_ms!r}")
         self.cleaner_interval_ms = cleaner_interval_ms
         self._cleaner: Cleaner | None = None
+        # Tiered storage (umlog/log/tiered.py): the object store settings, or None.
+        self._tiered_settings = dict(tiered) if tiered else None
+        self._tiering = None
         self._lock = threading.RLock()
         self._topics: dict[str, Topic] = {}
         self._lock_fd = -1
@@ -266,6 +272,8 @@ class Broker:
             # Retention and compaction (umlog/log/cleaner.py): a thread every
             # cleaner_interval_ms (None or 0: none; run_retention/compact only).
             self._cleaner = Cleaner(self, self.cleaner_interval_ms)
+        self._open_tiering()
+        if not self.readonly:
             if "__delayed" in self._topics:
                 # Pending delayed records: decided and scheduled before any append.
                 try:
@@ -273,6 +281,32 @@ class Broker:
                 except BaseException:
                     self.close()
                     raise
+
+    def _open_tiering(self) -> None:
+        """Tiered storage when configured (a read-only opener: as the writer left it in
+        meta/tiered.json), after the topics are loaded: remote segments attached."""
+        from .log.tiered import TieredStorage
+
+        settings = self._tiered_settings
+        if settings is None and self.readonly:
+            settings = TieredStorage.persisted(self.path)
+        if settings is None:
+            return
+        try:
+            self._tiering = TieredStorage(self, settings)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def tiering(self):
+        """The broker's ``TieredStorage`` (umlog/log/tiered.py), or None."""
+        return self._tiering
+
+    def tier_status(self, topic: str | None = None) -> list[dict]:
+        """Tiered partitions: local and remote offset ranges and bytes, upload backlog."""
+        self._check_open()
+        return [] if self._tiering is None else self._tiering.status(topic)
 
     def _take_lock(self) -> None:
         lock_path = os.path.join(self.path, ".lock")
@@ -360,7 +394,11 @@ class Broker:
     def _make_topic(self, m: dict) -> Topic:
         cfg = TopicConfig(m.get("config") or {})
         parts = self._open_partitions(m["name"], range(m["partitions"]), cfg, self.was_clean)
-        return Topic(self, m["name"], m["id"], cfg, parts)
+        t = Topic(self, m["name"], m["id"], cfg, parts)
+        if getattr(self, "_tiering", None) is not None:
+            for p in parts:
+                self._tiering.attach(t, p)
+        return t
 
     def _open_partitions(self, name: str, indexes: range, cfg: TopicConfig, clean: bool,
                          new: bool = False) -> list[Partition]:
@@ -500,6 +538,8 @@ class Broker:
         # And so does every share group's state for it.
         if "__share_group_state" in self._topics:
             self._share_groups().delete_topic(name)
+        if self._tiering is not None:
+            self._tiering.delete_topic(name)
 
     def alter_topic_config(
         self, name: str, set: Mapping[str, Any] | None = None, delete: Iterable[str] = ()
@@ -697,6 +737,8 @@ class Broker:
             self._flusher.join()
         if self.hooks.delay is not None:
             self.hooks.delay.close()  # the scheduler's round ends, its stream checkpoints
+        if self._tiering is not None:
+            self._tiering.close()  # uploads in flight finish; their local segments stay until the next open
         if self._cleaner is not None:
             self._cleaner.close()  # a compaction stops at its next chunk, before its commit
         with self._lock:

@@ -106,6 +106,13 @@ TOPIC_CONFIGS: dict[str, _Spec] = {
     "min.insync.replicas": _Spec(1, _int(1, 1), "single node: always 1"),
     "unclean.leader.election.enable": _Spec(False, _bool, "single node: no effect"),
     "preallocate": _Spec(False, _bool, "accepted for compatibility; no effect"),
+    # Tiered storage (umlog/log/tiered.py, KIP-405's names): closed segments are
+    # copied to the object store; local.retention.* says how long they also stay
+    # on local disk (-2: as long as retention.*).
+    "remote.storage.enable": _Spec(False, _bool, "copy closed segments to the object store ([tiered])"),
+    "local.retention.ms": _Spec(-2, _int(-2, INT64_MAX), "keep uploaded segments locally this long (-2: retention.ms)"),
+    "local.retention.bytes": _Spec(-2, _int(-2, INT64_MAX),
+                                   "keep this many bytes of uploaded segments locally (-2: retention.bytes)"),
 }
 
 
@@ -150,6 +157,25 @@ class TopicConfig:
         self.overrides = validate_overrides(overrides)
         self._values = {k: s.default for k, s in TOPIC_CONFIGS.items()}
         self._values.update(self.overrides)
+        self._check_tiered()
+
+    def _check_tiered(self) -> None:
+        """Kafka's cross-checks: local retention at most the total one, and no
+        remote storage for compacted topics."""
+        v = self._values
+        if v["remote.storage.enable"] and "compact" in v["cleanup.policy"]:
+            raise InvalidConfigError("remote.storage.enable=true needs cleanup.policy=delete (compacted topics "
+                                     "are not tiered)")
+        for kind in ("ms", "bytes"):
+            local, total = v[f"local.retention.{kind}"], v[f"retention.{kind}"]
+            if local == -1 and total != -1 or local >= 0 and total >= 0 and local > total:
+                raise InvalidConfigError(f"local.retention.{kind}={local} must be at most retention.{kind}={total} "
+                                         "(-2: the same)")
+
+    def local_retention(self, kind: str) -> int:
+        """local.retention.ms or .bytes in effect (-2 resolved to retention.*)."""
+        v = self._values[f"local.retention.{kind}"]
+        return self._values[f"retention.{kind}"] if v == -2 else v
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]

@@ -41,6 +41,7 @@ __all__ = [
     "RemoteProtocolError",
     "InvalidOffsetError",
     "InvalidRecordError",
+    "RemoteStorageError",
 ]
 
 
@@ -74,6 +75,11 @@ class IndexOffsetOverflowError(UmlogError):
 
 class OffsetOutOfRangeError(UmlogError):
     """A read below the partition's start offset or beyond its end offset."""
+
+
+class RemoteStorageError(UmlogError, OSError):
+    """The object store of tiered storage failed (unreachable, missing object):
+    retriable; the Kafka door answers KAFKA_STORAGE_ERROR."""
 
 
 class UnknownTopicError(UmlogError, KeyError):

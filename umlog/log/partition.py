@@ -86,6 +86,10 @@ def _base_offset(seg: LogSegment) -> int:
     return seg.base_offset
 
 
+def _next_offset(seg) -> int:
+    return seg.next_offset
+
+
 class AppendHooks:
     """What the owner of a broker's partitions asks of their appends (one object,
     shared by every partition of a broker).
@@ -194,6 +198,10 @@ class Partition:
         # Idempotent producers' state (producer_state.py): loaded on first use,
         # then kept current by append_batches and snapshotted at rolls and close.
         self._pstate: ProducerStateManager | None = None
+        # Tiered storage (umlog/log/tiered.py): segments below the local ones,
+        # read from the object store; ``tier`` is the broker's TieredStorage.
+        self.remote_segments: list = []
+        self.tier = None
         if writable:
             os.makedirs(directory, exist_ok=True)
         self._load(clean)
@@ -224,6 +232,8 @@ class Partition:
             self.directory, self.writable, clean, self._segment_kwargs(), self.recovery_point)
 
     def _first_offset(self) -> int:
+        if self.remote_segments:
+            return self.remote_segments[0].start
         for seg in self.segments:
             if seg.size:
                 try:
@@ -578,6 +588,12 @@ class Partition:
             self._log_append_time = config.log_append_time
             self._open.set_codec(config.codec)
 
+    def set_remote(self, segments: list) -> None:
+        """Install the remote segments (tiered storage, sorted, all below the local
+        ones) and move the start offset."""
+        self.remote_segments = segments
+        self.start_offset = self._first_offset()
+
     def replace_segments(self, segments: list[LogSegment]) -> None:
         """Install a new segment list (retention dropped a prefix, compaction swapped
         a group, a tailer reopened replaced files) and move the start offset.
@@ -656,6 +672,11 @@ class Partition:
         (never in place), so one snapshot of it is always consistent.
         """
         segs = self.segments
+        rem = self.remote_segments
+        if rem and offset < segs[0].base_offset:
+            i = bisect_right(rem, offset, key=_next_offset)  # tiered storage: below the local log
+            if i < len(rem):
+                return rem[i]
         i = bisect_right(segs, offset, key=_base_offset) - 1
         return segs[max(i, 0)]
 
@@ -730,6 +751,8 @@ class Partition:
             self.seal()
         if not self.writable:
             self.refresh()
+        if self.tier is not None:
+            self.tier.before_read(self, offset)
         if offset is None:
             offset = self.start_offset
         self._check_range(offset)
@@ -777,8 +800,16 @@ class Partition:
             self.seal()
         if not self.writable:
             self.refresh()
+        if self.tier is not None:
+            self.tier.before_read(self, offset)
         self._check_range(offset)
         segs = self.segments  # one snapshot (see _segment_at)
+        rem = self.remote_segments
+        if rem and offset < segs[0].base_offset:  # tiered storage: from the object store
+            for seg in rem[bisect_right(rem, offset, key=_next_offset):]:
+                found = seg.find_position(offset)
+                if found is not None:
+                    return [seg.batches_from(found[0], max_bytes)]
         for seg in segs[max(bisect_right(segs, offset, key=_base_offset) - 1, 0):]:
             found = seg.find_position(offset)
             if found is not None:
@@ -789,7 +820,8 @@ class Partition:
         """The first offset whose record timestamp >= timestamp, or None."""
         if self._open.count:
             self.seal()
-        for seg in self.segments:
+        local_base = self.segments[0].base_offset if self.segments else 0
+        for seg in [s for s in self.remote_segments if s.base_offset < local_base] + self.segments:
             if seg.max_timestamp < timestamp and seg is not self.active:
                 continue
             found = seg.timestamp_lookup(timestamp)

@@ -80,6 +80,9 @@ def enforce_retention(p, now_ms: int | None = None) -> RetentionResult:
     out = RetentionResult(start_offset=p.start_offset)
     if "delete" not in cfg["cleanup.policy"] or not p.writable:
         return out
+    if p.tier is not None and (p.remote_segments or cfg["remote.storage.enable"]):
+        # Tiered: over the remote and the local segments as one log (umlog/log/tiered.py).
+        return p.tier.enforce_retention(p, now_ms)
     ms, max_bytes = cfg["retention.ms"], cfg["retention.bytes"]
     if ms < 0 and max_bytes < 0:
         return out

@@ -89,7 +89,7 @@ class _SegmentBytes:
         self.seg = seg
         self.end = seg.size  # before mapping: the file is at least this long
         self.map = None
-        if mapped and self.end:
+        if mapped and self.end and seg.fd >= 0:  # a remote segment (tiered storage) has no fd: read
             self.map = mmap.mmap(seg.fd, self.end, access=mmap.ACCESS_READ)
 
     def decode(self, pos: int, chunk_bytes: int, offset: int, remaining: int):
