@@ -47,7 +47,10 @@ def test_select_connection_publishes_with_confirms_and_consumes(server):
     conn = pika.SelectConnection(params(server), on_open_callback=on_open)
     conn.ioloop.call_later(scaled(30), conn.ioloop.stop)  # the bound of a failure
     conn.add_on_close_callback(lambda *a: conn.ioloop.stop())
-    conn.ioloop.start()
+    try:
+        conn.ioloop.start()
+    finally:
+        conn.ioloop.close()  # its wake-up socket pair
     assert got == [b"%d" % i for i in range(n)]
     # confirms may come as "multiple": every sequence number is covered, all acks
     assert all(isinstance(m, pika.spec.Basic.Ack) for m in confirms)
