@@ -110,6 +110,11 @@ from umlog.commands import dlq  # noqa: E402  (umlog dlq list|show|redrive)
 
 main.add_command(dlq.dlq)
 
+from umlog.commands import mirror, tier  # noqa: E402  (umlog tier status, umlog mirror [status])
+
+main.add_command(tier.tier)
+main.add_command(mirror.mirror)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

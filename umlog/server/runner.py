@@ -62,11 +62,15 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
     server = settings.table("server")
-    broker = umlog.open(server["data_dir"], fsync=server["fsync"], cleaner_interval_ms=server["cleaner_interval_ms"])
+    from .tiered import tiered_options
+
+    broker = umlog.open(server["data_dir"], fsync=server["fsync"], cleaner_interval_ms=server["cleaner_interval_ms"],
+                        tiered=tiered_options(settings))
     hub = None
     doors: list = []
     webhooks = None
     router = None
+    mirrors: list = []
     try:
         max_conn = server["max_connections"]
         hub = Hub(broker, max_connections=max_conn if max_conn is not None else default_max_connections(),
@@ -108,6 +112,9 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
             router = Router(broker, routes, create_topic=hub.create_topic,
                             source_partitions=settings.table("kafka").get("default_partitions") or 1)
             await asyncio.to_thread(router.start)  # opens every source partition's checkpoint
+        from .mirrors import start_mirrors, stop_mirrors
+
+        mirrors = start_mirrors(settings)  # [[mirror]]: a thread each (umlog/mirror.py)
         installed = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -132,6 +139,8 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
             await webhooks.stop(0)
         if router is not None:
             await asyncio.to_thread(router.stop)  # checkpoints every route
+        if mirrors:
+            await asyncio.to_thread(stop_mirrors, mirrors)
         for door in doors:  # a door that failed to start leaves the others to close
             await door.close()
         if hub is not None:
