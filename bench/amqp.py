@@ -106,7 +106,7 @@ def start_rabbitmq(tmp: str) -> tuple[subprocess.Popen, int] | None:
     os.makedirs(base)
     with open(os.path.join(base, "rabbitmq.conf"), "w") as f:
         f.write(f"listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"
-                "disk_free_limit.absolute = 50MB\nmanagement.tcp.port = 0\n")
+                "disk_free_limit.absolute = 50MB\n")
     env = dict(os.environ, RABBITMQ_BASE=base, RABBITMQ_MNESIA_BASE=os.path.join(base, "mnesia"),
                RABBITMQ_LOG_BASE=os.path.join(base, "log"), RABBITMQ_CONFIG_FILE=os.path.join(base, "rabbitmq"),
                RABBITMQ_NODENAME=f"bench{os.getpid()}@localhost", RABBITMQ_NODE_PORT=str(port),
@@ -123,7 +123,9 @@ def start_rabbitmq(tmp: str) -> tuple[subprocess.Popen, int] | None:
             return proc, port
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
     print("rabbitmq-server did not listen within 60 s: RabbitMQ skipped")
     return None
 
