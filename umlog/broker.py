@@ -61,7 +61,7 @@ FORMAT_VERSION = 1
 # ``__share_group_state`` the share groups' windows (umlog/delivery/state.py).
 # ``__delayed`` the records of delayed delivery until they are due (umlog/delivery/delay.py).
 # ``__remote_log_metadata`` which segments tiered storage holds (umlog/log/tiered.py).
-INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state", "__delayed",
+INTERNAL_TOPICS = frozenset({"__consumer_offsets", "__share_group_state", "__delayed", "__audit",
                              "__remote_log_metadata"})
 
 class Topic:

@@ -59,7 +59,7 @@ def _setting_options(f):
         elif s.kind == "choice":
             f = click.option(s.flag, dest, type=click.Choice(s.choices), default=None, help=help_)(f)
         else:
-            metavar = "HOST:PORT" if s.kind == "hostport" else "TEXT"
+            metavar = "HOST:PORT" if s.kind in ("hostport", "listeners") else "TEXT"
             if s.off:
                 metavar += "|off"
             f = click.option(s.flag, dest, metavar=metavar, default=None, help=help_)(f)
@@ -109,6 +109,10 @@ main.add_command(webhooks.webhooks)
 from umlog.commands import dlq  # noqa: E402  (umlog dlq list|show|redrive)
 
 main.add_command(dlq.dlq)
+from umlog.commands import security  # noqa: E402  (umlog users ..., umlog acls ...)
+
+main.add_command(security.users)
+main.add_command(security.acls)
 
 from umlog.commands import mirror, tier  # noqa: E402  (umlog tier status, umlog mirror [status])
 

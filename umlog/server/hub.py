@@ -24,6 +24,10 @@ second door would also need lives here:
   loop's clock, shut down by ``wake_all`` at shutdown;
 * **share-group members** (``shares``, ``umlog.server.shares``): members,
   epochs and sessions over the engine's share groups, for every door;
+* **security** (``security``, ``umlog.server.security``; None without a
+  ``[security]`` table): ``authenticate_plain``, ``authorize`` and ``audit``
+  are what every door calls, so one authorizer decides for all of them; and
+  ``tls``, the TLS contexts of every door's listeners (reloaded on SIGHUP);
 * **connection accounting** across doors: ``admit`` / ``forget`` enforce
   ``max_connections`` for all doors together, one idle sweep closes any door's
   connection idle for ``idle_timeout_ms``, and ``partition_budget_error`` keeps
@@ -105,8 +109,17 @@ class Hub:
         offsets_retention_minutes: int = 10_080,
         offsets_retention_check_interval_ms: int = 600_000,
         share_settings: Mapping[str, Any] | None = None,
+        security: Any = None,
     ) -> None:
+        from .security.tls import TlsContexts
+
         self.broker = broker
+        #: ``umlog.server.security.Security`` when [security] is on, else None (and
+        #: ``authorizer`` None: a door tests that before anything else)
+        self.security = security
+        self.authorizer = security.authorizer if security is not None else None
+        self.tls = TlsContexts()
+        self._security_timer: asyncio.TimerHandle | None = None
         self.max_connections = max_connections  # None: no limit
         self.idle_timeout_ms = idle_timeout_ms  # 0: never close idle connections
         self.group_initial_rebalance_delay_ms = group_initial_rebalance_delay_ms
@@ -168,6 +181,42 @@ class Hub:
         except Exception:  # a failing disk: log, try again at the next interval
             log.exception("expiring committed offsets failed")
         self.start_offsets_expiry()
+
+    # --- security (umlog.server.security) ---------------------------------------------------
+
+    def start_security(self) -> None:
+        """Look for users and ACLs changed on disk (``umlog users``/``umlog acls``) every second."""
+        if self.security is not None and self.loop is not None and not self.shutting_down:
+            self._security_timer = self.loop.call_later(1.0, self._refresh_security)
+
+    def _refresh_security(self) -> None:
+        try:
+            self.security.refresh()
+        except Exception:  # a half-written file is replaced atomically; anything else: log, try again
+            log.exception("re-reading users and ACLs failed")
+        self.start_security()
+
+    def authenticate_plain(self, user: str | None, password: str | None, source: str = "",
+                           client: str | None = None) -> str | None:
+        """The principal (``User:<user>``) when the password is right, else None
+        (audited). Without security: None."""
+        if self.security is None:
+            return None
+        return self.security.authenticate_plain(user, password, source, client)
+
+    def authorize(self, principal: str, operation: Any, resource_type: Any, name: str, host: str = "*",
+                  source: str = "", client: str | None = None) -> bool:
+        """May ``principal`` do ``operation`` (``"WRITE"``) on the resource (``"TOPIC"``,
+        ``"orders"``)? A denial is audited; without security always True."""
+        if self.security is None:
+            return True
+        return self.security.authorize(principal, operation, resource_type, name, host, source, client)
+
+    def audit(self, type_: str, source: str, subject: str | None, principal: str | None, client: str | None,
+              operation: str | None, result: str, reason: str | None = None, **extra: Any) -> None:
+        """One record of ``__audit`` (a no-op without security; see ``security.audit``)."""
+        if self.security is not None:
+            self.security.audit(type_, source, subject, principal, client, operation, result, reason, **extra)
 
     def close(self) -> None:
         """Detach from the engine (the broker stays open: its owner closes it)."""
@@ -238,6 +287,9 @@ class Hub:
         if self._offsets_timer is not None:
             self._offsets_timer.cancel()
             self._offsets_timer = None
+        if self._security_timer is not None:
+            self._security_timer.cancel()
+            self._security_timer = None
 
     # --- the durability gate ---------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ Lifecycle: open the broker (one writer process per data dir) -> make the hub
 routes (``[[route]]``: one ``umlog.delivery.route.Router``, a thread of its
 own) -> print one line ``umlog ready kafka=HOST:PORT ...``
 on stdout (the ports actually bound, so ``127.0.0.1:0`` works for tests) ->
-serve until SIGTERM/SIGINT -> the webhooks stop acquiring and their
+serve until SIGTERM/SIGINT (SIGHUP reloads every door's TLS certificates,
+connections kept) -> the webhooks stop acquiring and their
 deliveries in flight get ``SHUTDOWN_GRACE_S`` -> every door stops accepting, held requests are
 answered (long polls wake, held group joins answer), in-flight requests get
 at most ``SHUTDOWN_GRACE_S`` -> the router checkpoints and its thread ends
@@ -67,11 +68,18 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
     broker = umlog.open(server["data_dir"], fsync=server["fsync"], cleaner_interval_ms=server["cleaner_interval_ms"],
                         tiered=tiered_options(settings))
     hub = None
+    security = None
     doors: list = []
     webhooks = None
     router = None
     mirrors: list = []
     try:
+        if "security" in settings.given:  # the table's presence switches it on (README: Security)
+            from .security import Security
+            from .security.settings import check_security
+
+            check_security(settings.table("security"))
+            security = Security(broker, settings.table("security"))
         max_conn = server["max_connections"]
         hub = Hub(broker, max_connections=max_conn if max_conn is not None else default_max_connections(),
                   idle_timeout_ms=server["idle_timeout_ms"],
@@ -79,9 +87,10 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
                   topic_defaults=settings.topic_defaults,
                   offsets_retention_minutes=server["offsets_retention_minutes"],
                   offsets_retention_check_interval_ms=server["offsets_retention_check_interval_ms"],
-                  share_settings=share_settings(server))
+                  share_settings=share_settings(server), security=security)
         hub.bind(loop)
         hub.start_offsets_expiry()
+        hub.start_security()
         bound = []
         hub.doors = doors
         for cls in door_classes():
@@ -116,11 +125,11 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
 
         mirrors = start_mirrors(settings)  # [[mirror]]: a thread each (umlog/mirror.py)
         installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, fn in ((signal.SIGTERM, stop.set), (signal.SIGINT, stop.set), (signal.SIGHUP, hub.tls.reload)):
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, fn)
                 installed.append(sig)
-            except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
+            except (RuntimeError, ValueError, NotImplementedError, AttributeError):  # not the main thread
                 pass
         print("umlog ready " + " ".join(bound), file=out, flush=True)
         log.info("serving %s (fsync=%s) with %s; max %s connections, idle timeout %d ms",

@@ -84,9 +84,11 @@ def parse_hostport(value: str, default_port: int = 9092) -> tuple[str, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One setting. ``kind`` is "str", "int", "bool", "hostport", "choice" or
+    """One setting. ``kind`` is "str", "int", "bool", "hostport", "choice",
     "intpair" (``[min, max]``, two ints in the ``min``/``max`` bounds, the first
-    not above the second); ``default`` None means "unset" (the setting's help
+    not above the second), "strlist" (a list of strings) or "listeners" (one
+    address or a list, each ``SCHEME://HOST:PORT`` with a scheme of ``choices``,
+    or a bare ``HOST:PORT``: ``umlog.server.security.settings``); ``default`` None means "unset" (the setting's help
     says what that does). ``array``: a key of each entry of the array of tables
     ``[[table]]`` (see ``ArrayOfTables``); ``required``: an entry must give it;
     ``unique``: no two entries may give the same value; ``off``: the string
@@ -143,6 +145,23 @@ class Setting:
                 raise SettingsError(f"{where}: {self.name} must be [min, max] with {self.min} <= min <= max"
                                     f" <= {self.max}, not {list(value)}")
             return [lo, hi]
+        if k == "strlist":
+            if not isinstance(value, (list, tuple)) or any(not isinstance(v, str) for v in value):
+                raise SettingsError(f"{where}: {self.name} must be a list of strings, not {value!r}")
+            return list(value)
+        if k == "listeners":  # one address or a list; SCHEME://HOST:PORT or HOST:PORT (umlog/server/security)
+            from .security.settings import parse_listeners
+
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+                value = list(value)
+            elif not isinstance(value, str):
+                raise SettingsError(f"{where}: {self.name} must be a string (an address) or a list of "
+                                    f"them, not {value!r}")
+            try:
+                parse_listeners(value, self.choices)
+            except ValueError as e:
+                raise SettingsError(f"{where}: {self.name}: {e}") from None
+            return value
         if not isinstance(value, str):
             raise SettingsError(f"{where}: {self.name} must be a string, not {value!r}")
         if k == "choice" and value not in self.choices:
@@ -250,6 +269,8 @@ class Settings:
         self._values = values
         self._arrays = {k: list(v) for k, v in (arrays or {}).items()}
         self.topic_defaults = dict(topic_defaults)
+        #: the tables the config file gave ([security] switches security on by being there)
+        self.given: frozenset[str] = frozenset()
 
     def get(self, table: str, key: str) -> Any:
         return self._values[table][key]
@@ -375,7 +396,9 @@ def resolve(declared: Iterable[Setting], file_data: Mapping[str, Any] | None = N
         table, _, key = name.partition(".")
         s = by_table[table][key]
         values[table][key] = s.check(value, "command line")
-    return Settings(values, topic_defaults, array_values)
+    out = Settings(values, topic_defaults, array_values)
+    out.given = frozenset(file_data or ())
+    return out
 
 
 def _topic_defaults(table: Any, where: str) -> dict[str, Any]:

@@ -30,6 +30,11 @@ being served, so the hub's idle sweep closes only idle keep-alive
 connections. Every error a client can cause is answered as JSON
 ``{"error_code", "message"}`` with its status (REST Proxy's shape); an
 exception in a handler is logged and answered 500, never fatal to the server.
+
+``listen`` is one address or a list of ``http://`` and ``https://`` ones
+(TLS: ``tls_cert``/``tls_key``, mTLS: ``tls_client_ca``). With security on
+(``hub.security``) every request but ``/healthz`` and ``/readyz`` is
+authenticated and authorized first (``auth``: 401/403).
 """
 
 from __future__ import annotations
@@ -155,6 +160,7 @@ class HttpDoor(Door):
         self.address = ""
         self._runner = None
         self._server: asyncio.base_events.Server | None = None
+        self._servers: list = []
         self.rest = None
         self.api = None
         self.metrics = None
@@ -164,7 +170,6 @@ class HttpDoor(Door):
     async def start(self) -> str:
         from aiohttp import web
 
-        from ..settings import parse_hostport
         from . import console, stream
         from .api import Api
         from .metrics import Metrics
@@ -189,16 +194,32 @@ class HttpDoor(Door):
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         factory = self._runner.server
-        host, port = parse_hostport(self.options.get("listen") or DEFAULT_HTTP_LISTEN, 8080)
-        self._server = await loop.create_server(lambda: _Tracked(self, factory()), host, port, reuse_address=True)
-        h, p = self._server.sockets[0].getsockname()[:2]
-        self.address = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        from ..security.settings import HTTP_SCHEMES, parse_listeners
+
+        bound: dict[str, str] = {}
+        for i, spec in enumerate(parse_listeners(self.options.get("listen") or DEFAULT_HTTP_LISTEN, HTTP_SCHEMES,
+                                                 8080)):
+            ctx = self.hub.tls.server(self.options.get("tls_cert"), self.options.get("tls_key"),
+                                      self.options.get("tls_client_ca"),
+                                      f"[http] listen {spec.scheme}://{spec.host}:{spec.port}") if spec.tls else None
+            server = await loop.create_server(lambda: _Tracked(self, factory()), spec.host, spec.port,
+                                              reuse_address=True, ssl=ctx)
+            self._servers.append(server)
+            h, p = server.sockets[0].getsockname()[:2]
+            address = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+            if i == 0:
+                self._server, self.address = server, address
+            name = "http" if i == 0 else f"http-{spec.scheme}"
+            n = 2
+            while name in bound:
+                name, n = f"http-{spec.scheme}-{n}", n + 1
+            bound[name] = address
         self.rest.start()
-        return self.address
+        return bound if len(bound) > 1 else self.address
 
     async def drain(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for s in self._servers:
+            s.close()
         for t in list(self.streams):  # streams never end on their own
             t.cancel()
         if self.rest is not None:
@@ -207,9 +228,10 @@ class HttpDoor(Door):
             self.api.stop()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for s in self._servers:
+            s.close()
+        self._servers = []
+        self._server = None
         if self.rest is not None:
             self.rest.stop()
         if self.api is not None:
@@ -238,6 +260,13 @@ class HttpDoor(Door):
             conn.last_active = loop.time()
         t0 = time.perf_counter()
         try:
+            if self.hub.security is not None:
+                from .auth import check, filter_listing
+
+                refused = await check(self, request)
+                if refused is not None:
+                    return refused
+                return filter_listing(self, request, await handler(request))
             return await handler(request)
         except RestError as e:
             return error_response(e.status, e.code, e.message)

@@ -20,6 +20,15 @@ What goes wrong where:
   * another known API at an unsupported version, or a handler that raises:
     a response of that version with the error code in every ``error_code``
     field (``error_response``), and one log line.
+
+Security (only when the server has a ``[security]`` table: ``door.security``
+set; otherwise one attribute test per request): a connection of a SASL
+listener that has not authenticated may send ApiVersions, SaslHandshake and
+SaslAuthenticate only (anything else closes it, as Kafka does), and so may
+one whose SASL session expired (KIP-368); every request is then checked by
+``authz.check`` (a whole-request denial is answered like an unsupported
+version, with the authorization error code), and admin changes that went
+through are audited (``authz.audited``).
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ __all__ = ["Api", "APIS", "dispatch", "RequestContext", "error_response", "encod
 log = logging.getLogger("umlog.server.kafka")
 
 API_VERSIONS_KEY = 18
+# what a connection may send before (or between) SASL authentication: ApiVersions, SaslHandshake, SaslAuthenticate
+_BEFORE_AUTH = frozenset({17, 18, 36})
 _i32 = struct.Struct(">i")
 
 
@@ -321,6 +332,16 @@ async def dispatch(conn: KafkaProtocol | None, frame: bytearray, door=None) -> l
         raise RemoteProtocolError(f"cannot decode {api.name} v{version}: {e}") from None
 
     ctx = RequestContext(door, conn, header)
+    security = door.security
+    if security is not None and conn is not None:
+        if key not in _BEFORE_AUTH:
+            conn.check_authenticated(api.name)  # raises RemoteProtocolError
+        from .authz import check, refusal
+
+        refused = check(ctx, req)
+        if refused is not None:
+            entity = refusal(ctx, req, refused) or error_response(key, version, refused)
+            return _frame(correlation_id, flexible_resp_header, [encode_entity(entity)])
     try:
         result = await api.handle(ctx, req)
     except RemoteProtocolError:
@@ -332,6 +353,11 @@ async def dispatch(conn: KafkaProtocol | None, frame: bytearray, door=None) -> l
         if entity is None:
             raise RemoteProtocolError(f"{api.name} v{version} failed: {e!r}") from None
         return _frame(correlation_id, flexible_resp_header, [encode_entity(entity)])
+    if security is not None and conn is not None:
+        from .authz import audited, filter_response
+
+        audited(ctx, req)
+        result = filter_response(ctx, result)
     if result is None:
         return None
     if isinstance(result, list):

@@ -12,7 +12,12 @@ keeps only what is Kafka's:
   fetch limits) and the advertised address;
 * ``producers``: the producer ids this process issued (InitProducerId) and
   their epochs; the sequences of their batches are kept by each partition
-  (``Partition.producer_state``), persisted beside the segments.
+  (``Partition.producer_state``), persisted beside the segments;
+* its listeners: ``listen`` is one address or a list of Kafka-style ones
+  (``PLAINTEXT://``, ``SSL://``, ``SASL_PLAINTEXT://``, ``SASL_SSL://``); each
+  advertises its own address in Metadata and FindCoordinator (``advertise``
+  overrides the first one's). Authentication and ACLs are the hub's
+  (``hub.security``; see ``dispatch`` and ``authz``).
 
 Not thread-safe: everything runs on the loop.
 """
@@ -44,6 +49,18 @@ class ProducerState:
     def __init__(self, producer_id: int, epoch: int) -> None:
         self.producer_id = producer_id
         self.epoch = epoch
+
+
+class KafkaListener:
+    """One listener: its scheme (``sasl_ssl``, ...) and the address it advertises."""
+
+    __slots__ = ("scheme", "sasl", "tls", "advertised")
+
+    def __init__(self, scheme: str, sasl: bool, tls: bool) -> None:
+        self.scheme = scheme
+        self.sasl = sasl
+        self.tls = tls
+        self.advertised: tuple[str, int] | None = None
 
 
 class KafkaDoor(Door):
@@ -87,6 +104,7 @@ class KafkaDoor(Door):
                 opts[key] = value
         super().__init__(hub, opts)
         self.broker = hub.broker
+        self.security = hub.security  # None: no authentication, no ACLs (and nothing checked per request)
         self.advertise_host = advertise_host
         self.advertise_port = advertise_port
         self.auto_create = opts["auto_create"]
@@ -105,35 +123,58 @@ class KafkaDoor(Door):
         # after a restart do not collide with those of the previous run.
         self._next_pid = itertools.count(int(time.time() * 1000) * 1000)
         self._server: asyncio.base_events.Server | None = None
+        self._servers: list = []
 
     # --- the Door interface ---------------------------------------------------------------
 
-    async def start(self) -> str:
+    async def start(self) -> str | dict[str, str]:
+        from ..security.settings import KAFKA_SCHEMES, parse_listeners
         from ..settings import parse_hostport
         from .protocol import KafkaProtocol
 
-        host, port = parse_hostport(self.options["listen"])
         loop = asyncio.get_running_loop()
         self.hub.bind(loop)
-        self._server = await loop.create_server(lambda: KafkaProtocol(self), host, port, reuse_address=True)
-        bound = self._server.sockets[0].getsockname()
-        bound_host, bound_port = bound[0], bound[1]
-        if self.options.get("advertise"):
-            self.advertise_host, self.advertise_port = parse_hostport(self.options["advertise"], bound_port)
-        else:
-            self.advertise_host = bound_host if bound_host not in ("0.0.0.0", "::") else "127.0.0.1"
-            self.advertise_port = bound_port
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        return f"{shown}:{bound_port}"
+        bound: dict[str, str] = {}
+        for i, spec in enumerate(parse_listeners(self.options["listen"], KAFKA_SCHEMES)):
+            where = f"[kafka] listen {spec.scheme.upper()}://{spec.host}:{spec.port}"
+            if spec.sasl and self.security is None:
+                raise ValueError(f"{where}: SASL needs a [security] table (users and ACLs)")
+            ctx = self.hub.tls.server(self.options.get("tls_cert"), self.options.get("tls_key"),
+                                      self.options.get("tls_client_ca"), where) if spec.tls else None
+            info = KafkaListener(spec.scheme, spec.sasl, spec.tls)
+            server = await loop.create_server(lambda info=info: KafkaProtocol(self, info), spec.host, spec.port,
+                                              reuse_address=True, ssl=ctx)
+            self._servers.append(server)
+            h, p = server.sockets[0].getsockname()[:2]
+            info.advertised = (h if h not in ("0.0.0.0", "::") else "127.0.0.1", p)
+            if i == 0:
+                self._server = server
+                if self.options.get("advertise"):
+                    info.advertised = parse_hostport(self.options["advertise"], p)
+                self.advertise_host, self.advertise_port = info.advertised
+            name = "kafka" if i == 0 else f"kafka-{spec.scheme}"
+            n = 2
+            while name in bound:
+                name, n = f"kafka-{spec.scheme}-{n}", n + 1
+            bound[name] = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+        return bound if len(bound) > 1 else bound["kafka"]
+
+    def advertised(self, conn) -> tuple[str, int]:
+        """(host, port) given to a client of ``conn``'s listener in Metadata and FindCoordinator."""
+        listener = getattr(conn, "listener", None)
+        if listener is not None and listener.advertised is not None:
+            return listener.advertised
+        return self.advertise_host, self.advertise_port
 
     async def drain(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for s in self._servers:
+            s.close()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for s in self._servers:
+            s.close()
+        self._servers = []
+        self._server = None
 
     # --- what lives in the hub, under the names the handlers use ------------------------------
 

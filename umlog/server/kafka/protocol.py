@@ -28,6 +28,14 @@ Kafka requests are size-prefixed frames (``int32 length | header | body``).
 * ``connection_lost`` cancels the task; a long poll waiting in it is cancelled
   with it, which removes its waiters.
 
+Security (``door.security`` set): ``principal`` is who the connection acts
+as. On a SASL listener it is None until SaslAuthenticate succeeds (and
+requests other than ApiVersions and the SASL ones close the connection,
+``check_authenticated``); on any other listener it is the client
+certificate's subject (mTLS) or ``User:ANONYMOUS``. A SASL session with a
+lifetime (``connections_max_reauth_ms``, KIP-368) must be re-authenticated on
+the same connection before it ends, or the next request closes it.
+
 Errors: a frame that cannot be parsed, an unknown API key or an unsupported
 version of an API kio has no schema for closes this connection only, with one
 log line. Failures inside a handler become error codes (see ``dispatch``).
@@ -62,10 +70,16 @@ _COMPACT_AT = 1 * 1024 * 1024
 class KafkaProtocol(asyncio.Protocol):
     """asyncio protocol for one connection. Not thread-safe; lives on the door's loop."""
 
-    def __init__(self, door: KafkaDoor) -> None:
+    def __init__(self, door: KafkaDoor, listener=None) -> None:
         self.door = door
+        self.listener = listener  # door.KafkaListener (None: made by a test)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.host = "*"  # the client's IP address, as ACLs name hosts
+        self.principal: str | None = None
+        self.sasl = None  # the SASL exchange in progress (handlers/sasl_*.py)
+        self.session_expires: float | None = None  # loop time a SASL session ends (KIP-368)
+        self.close_after_answer = False  # a failed SASL authentication: answer, then close
         self._rbuf = bytearray()
         self._rpos = 0
         self._frames: collections.deque[bytearray] = collections.deque()
@@ -84,6 +98,13 @@ class KafkaProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            self.host = peer[0]
+        if self.door.security is not None and not (self.listener is not None and self.listener.sasl):
+            from ..security import ANONYMOUS
+            from ..security.tls import cert_principal
+
+            self.principal = cert_principal(transport) or ANONYMOUS
         loop = asyncio.get_running_loop()
         self.last_active = loop.time()
         if not self.door.hub.admit(self):
@@ -191,6 +212,9 @@ class KafkaProtocol(asyncio.Protocol):
                 if pieces is not None and not self._closing:
                     self.transport.writelines(pieces)  # type: ignore[union-attr]
                     self.last_active = loop.time()
+                    if self.close_after_answer:
+                        self.close()
+                        return
                     if self._drain is not None and not self._drain.done():
                         await self._drain
         except asyncio.CancelledError:
@@ -199,6 +223,15 @@ class KafkaProtocol(asyncio.Protocol):
             log.error("kafka %s: internal error, closing: %r", self.peer, e,
                       exc_info=log.isEnabledFor(logging.DEBUG))
             self.abort(None)
+
+    def check_authenticated(self, what: str) -> None:
+        """Raise RemoteProtocolError (closing the connection) unless a principal is
+        established and its SASL session, if it has a lifetime, has not ended."""
+        if self.principal is None:
+            raise RemoteProtocolError(f"{what} before SASL authentication")
+        if self.session_expires is not None and asyncio.get_running_loop().time() > self.session_expires:
+            raise RemoteProtocolError(f"{what} after the SASL session of {self.principal} expired "
+                                      "(connections_max_reauth_ms)")
 
     def abort(self, reason: str | None) -> None:
         """Close this connection (one log line), leaving everyone else alone."""

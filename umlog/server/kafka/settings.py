@@ -6,6 +6,7 @@ importing the protocol code.
 
 from __future__ import annotations
 
+from ..security.settings import KAFKA_SCHEMES, tls_settings
 from ..settings import Setting
 
 __all__ = ["KAFKA_SETTINGS", "DEFAULT_MAX_REQUEST_SIZE", "DEFAULT_FETCH_MAX_BYTES"]
@@ -19,8 +20,9 @@ DEFAULT_FETCH_MAX_BYTES = 55 * 1024 * 1024
 _INT31 = 2**31 - 1
 
 KAFKA_SETTINGS: tuple[Setting, ...] = (
-    Setting("kafka", "listen", "hostport", "127.0.0.1:9092",
-            "Kafka listener, HOST:PORT; port 0 picks a free one.", flag="--kafka"),
+    Setting("kafka", "listen", "listeners", "127.0.0.1:9092",
+            "Kafka listener, HOST:PORT (port 0 picks a free one), or a list of SCHEME://HOST:PORT with schemes "
+            "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL (README: Security).", flag="--kafka", choices=KAFKA_SCHEMES),
     Setting("kafka", "advertise", "hostport", None,
             "Address given to clients in Metadata [default: the listener's].", flag="--advertise"),
     Setting("kafka", "auto_create", "bool", True, "Create unknown topics on Metadata requests.",
@@ -32,4 +34,5 @@ KAFKA_SETTINGS: tuple[Setting, ...] = (
     Setting("kafka", "fetch_max_bytes", "int", DEFAULT_FETCH_MAX_BYTES,
             "Most bytes one Fetch answer holds, whatever the client asks (Kafka's fetch.max.bytes).",
             flag="--fetch-max-bytes", min=1024, max=_INT31),
+    *tls_settings("kafka"),
 )

@@ -33,6 +33,20 @@ the door starts, so they survive restarts.
 MQTT over WebSocket (``ws.py``) is the same connection class behind an
 aiohttp WebSocket on the same loop.
 
+Listeners: ``listen`` is one address or a list of ``mqtt://``, ``mqtts://``,
+``ws://`` and ``wss://`` ones (TLS with ``tls_cert``/``tls_key``, mTLS with
+``tls_client_ca``); ``ws_listen`` is one more WebSocket listener.
+
+Security (``hub.security``, a ``[security]`` table): CONNECT with a user name
+is checked against the users (``hub.authenticate_plain``; a bad password is
+CONNACK 0x86 in MQTT 5, 0x04 in 3.1.1); without one the client is its
+certificate's subject (mTLS) or ``User:ANONYMOUS``. PUBLISH needs WRITE on
+the log topic its route maps it to: a denied one is PUBACK/PUBREC 0x87 in
+MQTT 5, and in 3.1.1 acknowledged and dropped (as mosquitto does), logged
+and audited either way. SUBSCRIBE needs READ on at least one log topic the
+filter can be fed from (0x87 in MQTT 5, 0x80 in 3.1.1); messages of log
+topics the principal may not READ are never delivered to it.
+
 What this door does not do yet, and says so to clients where MQTT 5 can:
 subscription identifiers (announced unavailable), will delay (a will is
 published at once).
@@ -201,6 +215,7 @@ class MqttDoor(Door):
         from .shared import Shares
 
         self.broker = hub.broker
+        self.security = hub.security
         self.topic_name = options.get("topic") or "mqtt-messages"
         self.max_packet_size = options.get("max_packet_size") or 16 * 1024 * 1024
         self.connect_timeout_s = (options.get("connect_timeout_ms") or 10_000) / 1000
@@ -212,7 +227,9 @@ class MqttDoor(Door):
         self.store: Any = None  # SessionStore, made at start
         self.shares = Shares(self)
         self._server: asyncio.base_events.Server | None = None
+        self._servers: list = []
         self._ws: Any = None
+        self._wss: list = []
 
     @classmethod
     def enabled(cls, options: dict[str, Any]) -> bool:
@@ -238,36 +255,55 @@ class MqttDoor(Door):
         self.fanout = Fanout(self)
         self.store.load()
         self.fanout.start()
-        bound = {}
-        if self.options.get("listen") is not None:
-            host, port = parse_hostport(self.options["listen"], 1883)
-            self._server = await loop.create_server(lambda: MqttConnection(self), host, port, reuse_address=True)
-            bound["mqtt"] = _address(self._server.sockets[0].getsockname())
-        if self.options.get("ws_listen") is not None:
-            from .ws import WebSocketListener
+        from ..security.settings import MQTT_SCHEMES, parse_listeners
+        from .ws import WebSocketListener
 
+        bound: dict[str, str] = {}
+        if self.options.get("listen") is not None:
+            for i, spec in enumerate(parse_listeners(self.options["listen"], MQTT_SCHEMES, 1883)):
+                where = f"[mqtt] listen {spec.scheme}://{spec.host}:{spec.port}"
+                ctx = self.hub.tls.server(self.options.get("tls_cert"), self.options.get("tls_key"),
+                                          self.options.get("tls_client_ca"), where) if spec.tls else None
+                if spec.scheme in ("mqtt", "mqtts"):
+                    server = await loop.create_server(lambda: MqttConnection(self), spec.host, spec.port,
+                                                      reuse_address=True, ssl=ctx)
+                    self._servers.append(server)
+                    self._server = self._server or server
+                    address = _address(server.sockets[0].getsockname())
+                else:
+                    ws = WebSocketListener(self)
+                    self._wss.append(ws)
+                    address = _address(await ws.start(spec.host, spec.port, ctx))
+                name = "mqtt" if i == 0 else f"mqtt-{spec.scheme}"
+                n = 2
+                while name in bound:
+                    name, n = f"mqtt-{spec.scheme}-{n}", n + 1
+                bound[name] = address
+        if self.options.get("ws_listen") is not None:
             host, port = parse_hostport(self.options["ws_listen"], 8080)
             self._ws = WebSocketListener(self)
+            self._wss.append(self._ws)
             bound["mqtt-ws"] = _address(await self._ws.start(host, port))
         return bound
 
     def listening(self) -> bool:
-        return ((self._server is not None and self._server.is_serving())
-                or (self._ws is not None and self._ws.serving))
+        return any(s.is_serving() for s in self._servers) or any(w.serving for w in self._wss)
 
     async def drain(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        if self._ws is not None:
-            self._ws.stop_accepting()
+        for s in self._servers:
+            s.close()
+        for w in self._wss:
+            w.stop_accepting()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self._ws is not None:
-            await self._ws.close()
-            self._ws = None
+        for s in self._servers:
+            s.close()
+        self._servers = []
+        self._server = None
+        for w in self._wss:
+            await w.close()
+        self._wss = []
+        self._ws = None
         if self.fanout is not None and self.fanout.task is not None:
             self.fanout.task.cancel()
         if self.store is not None:
@@ -283,6 +319,18 @@ class MqttDoor(Door):
             if topic_matches(f, name):
                 return t
         return self.topic_name
+
+    def read_topics(self, f: str) -> list[str]:
+        """The log topics a subscription to filter ``f`` can be fed from: the
+        routes' whose filter overlaps it, and the default one."""
+        out = [t for rf, t in self.routes if filters_overlap(rf, f)]
+        return list(dict.fromkeys([*out, self.topic_name]))
+
+    def may(self, conn, operation: str, log_topic: str, audit: bool = True) -> bool:
+        """Security on: may this connection's principal do ``operation`` on the log topic?"""
+        if audit:
+            return self.hub.authorize(conn.principal, operation, "TOPIC", log_topic, conn.host, "mqtt", conn.peer)
+        return self.hub.authorizer.authorize(conn.principal, operation, "TOPIC", log_topic, conn.host)
 
     async def publish(self, conn, topic: str, payload: bytes, qos: int, retain: bool, props: dict) -> None:
         """Append one message (and its retained copy); return once durable."""
@@ -384,6 +432,21 @@ class MqttDoor(Door):
                 fields = publish_fields(r, now_ms)
                 if fields is not None:
                     yield name, r, fields
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Can one topic name match both MQTT filters ``a`` and ``b``?"""
+    x, y = a.split("/"), b.split("/")
+    for i in range(max(len(x), len(y))):
+        p = x[i] if i < len(x) else None
+        q = y[i] if i < len(y) else None
+        if p == "#" or q == "#":
+            return True
+        if p is None or q is None:
+            return False
+        if p != q and p != "+" and q != "+":
+            return False
+    return True
 
 
 def _address(sockname) -> str:

@@ -85,6 +85,8 @@ SESSION_TAKEN_OVER = 0x8E
 PACKET_ID_NOT_FOUND = 0x92
 TOPIC_ALIAS_INVALID = 0x94
 SUB_IDS_NOT_SUPPORTED = 0xA1
+BAD_USER_NAME_OR_PASSWORD = 0x86  # CONNACK, MQTT 5 (3.1.1: return code 4)
+NOT_AUTHORIZED = 0x87
 # Messages in flight to a persistent session (each is in its record), and how
 # many may wait behind them before it reads them from the log again instead.
 SESSION_WINDOW = 100
@@ -99,6 +101,8 @@ class MqttConnection(asyncio.Protocol):
         self.hub = door.hub
         self.transport = None
         self.peer = "?"
+        self.host = "*"
+        self.principal: str | None = None  # set at CONNECT when security is on
         self.reader = PacketReader(door.max_packet_size)
         self.queue: collections.deque = collections.deque()
         self.wakeup: asyncio.Event | None = None
@@ -129,6 +133,7 @@ class MqttConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.host = peer[0] if peer else "*"
         loop = asyncio.get_running_loop()
         self.last_active = loop.time()
         if not self.hub.admit(self):
@@ -283,6 +288,12 @@ class MqttConnection(asyncio.Protocol):
                 props["assigned_client_identifier"] = cid
         if p.will is not None:
             check_topic_name(p.will.topic)
+        if self.door.security is not None:
+            self.principal = self._authenticate(p)
+            if self.principal is None:
+                self._write(Connack(False, BAD_USER_NAME_OR_PASSWORD if self.version == 5 else 0x04))
+                self._end(publish_will=False)
+                return
         if self.version == 5:
             expiry = p.properties.get("session_expiry_interval", 0)
             expiry = None if expiry == NEVER else expiry
@@ -329,6 +340,17 @@ class MqttConnection(asyncio.Protocol):
             self.door.rejoin_shares(s)
             if not s.live:
                 self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
+
+    def _authenticate(self, p: Connect) -> str | None:
+        """The principal of a CONNECT (security on): its user name and password
+        checked, else the client certificate's subject, else anonymous."""
+        from ..security import ANONYMOUS
+        from ..security.tls import cert_principal
+
+        if p.username is not None:
+            password = (p.password or b"").decode("utf-8", "replace")
+            return self.hub.authenticate_plain(p.username, password, "mqtt", self.peer)
+        return cert_principal(self.transport) or ANONYMOUS
 
     def taken_over(self) -> None:
         if self.version == 5:
@@ -385,6 +407,14 @@ class MqttConnection(asyncio.Protocol):
         if p.qos == 2 and p.packet_id in s.qos2_in:
             self._write(PubRec(p.packet_id))  # a resend before PUBREL: stored once already
             return
+        if self.principal is not None and not self.door.may(self, "WRITE", self.door.log_topic(topic)):
+            log.info("mqtt %s (%s): PUBLISH to %r denied to %s", self.peer, self.client_id, topic, self.principal)
+            reason = NOT_AUTHORIZED if self.version == 5 else 0
+            if p.qos == 1:
+                self._write(PubAck(p.packet_id, reason))
+            elif p.qos == 2:
+                self._write(PubRec(p.packet_id, reason))
+            return
         await self.door.publish(self, topic, p.payload, p.qos, p.retain, p.properties)
         if p.qos == 1:
             self._write(PubAck(p.packet_id))
@@ -409,6 +439,11 @@ class MqttConnection(asyncio.Protocol):
                 continue
             if share is not None and sub.no_local:
                 raise codec.ProtocolError(f"no local on the shared subscription {sub.filter!r}")
+            if self.principal is not None and not self._may_subscribe(f):
+                log.info("mqtt %s (%s): SUBSCRIBE to %r denied to %s", self.peer, self.client_id, sub.filter,
+                         self.principal)
+                reasons.append(NOT_AUTHORIZED if self.version == 5 else UNSPECIFIED)
+                continue
             existed = sub.filter in s.subs
             s.subs[sub.filter] = sub
             reasons.append(sub.qos)
@@ -427,6 +462,15 @@ class MqttConnection(asyncio.Protocol):
             for name, r, (qos, _retain, props) in self.door.retained_for(sub.filter):
                 self.send_message(name, r.value or b"", min(qos, sub.qos), True, props,
                                   (r.topic, r.partition, r.offset))
+
+    def _may_subscribe(self, f: str) -> bool:
+        """READ on at least one log topic the filter can be fed from (a denial of
+        every one is audited once)."""
+        topics = self.door.read_topics(f)
+        if any(self.door.may(self, "READ", t, audit=False) for t in topics):
+            return True
+        self.door.may(self, "READ", topics[-1])
+        return False
 
     def _unsubscribe(self, p: Unsubscribe) -> None:
         s = self.session
@@ -482,6 +526,9 @@ class MqttConnection(asyncio.Protocol):
             if share is not None:
                 self.door.shares.give_back(share)
             return
+        if (self.principal is not None and share is None
+                and not self.door.may(self, "READ", self.door.log_topic(topic), audit=False)):
+            return  # fed from a log topic this principal may not READ
         if qos and len(s.inflight) >= self.window():
             self.waiting.append((topic, payload, qos, retain, props, loc, share))
             if s.persistent and len(self.waiting) > MAX_WAITING and s.live:
@@ -687,6 +734,9 @@ class MqttConnection(asyncio.Protocol):
             store.arm_expiry(s)
 
     async def _publish_will(self, will) -> None:
+        if self.principal is not None and not self.door.may(self, "WRITE", self.door.log_topic(will.topic)):
+            log.info("mqtt %s (%s): will on %r denied to %s", self.peer, self.client_id, will.topic, self.principal)
+            return
         try:
             await self.door.publish(None, will.topic, will.payload, will.qos, will.retain, dict(will.properties))
         except Exception:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..security.settings import MQTT_SCHEMES, tls_settings
 from ..settings import ArrayOfTables, Setting, SettingsError
 
 __all__ = ["MQTT_SETTINGS", "MQTT_ROUTE_SETTINGS", "DEFAULT_MQTT_TOPIC", "SESSIONS_TOPIC", "RETAINED_TOPIC"]
@@ -44,8 +45,9 @@ MQTT_ROUTE_SETTINGS = ArrayOfTables("mqtt.route", "Send the PUBLISHes whose topi
 ), check=_check_route)
 
 MQTT_SETTINGS: tuple[Setting, ...] = (
-    Setting("mqtt", "listen", "hostport", None,
-            "MQTT 3.1.1/5.0 listener, HOST:PORT (usually port 1883) [default: off].", flag="--mqtt"),
+    Setting("mqtt", "listen", "listeners", None,
+            "MQTT 3.1.1/5.0 listener, HOST:PORT (usually port 1883), or a list of SCHEME://HOST:PORT with "
+            "schemes mqtt, mqtts, ws, wss [default: off].", flag="--mqtt", choices=MQTT_SCHEMES),
     Setting("mqtt", "ws_listen", "hostport", None,
             "MQTT over WebSocket listener, HOST:PORT (any path, subprotocol mqtt) [default: off].",
             flag="--mqtt-ws"),
@@ -58,5 +60,6 @@ MQTT_SETTINGS: tuple[Setting, ...] = (
     Setting("mqtt", "connect_timeout_ms", "int", 10_000,
             "A connection that sends no CONNECT within this time is closed.",
             flag="--mqtt-connect-timeout-ms", min=100, max=3_600_000),
+    *tls_settings("mqtt"),
     *MQTT_ROUTE_SETTINGS,
 )

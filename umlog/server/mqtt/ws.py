@@ -101,14 +101,16 @@ class WebSocketListener:
         self.serving = False
         self.transports: set[WsTransport] = set()
 
-    async def start(self, host: str, port: int):
+    async def start(self, host: str, port: int, ssl_context=None):
+        """Listen (``wss://`` with an ``ssl_context``); the address bound."""
         from aiohttp import web
 
         app = web.Application()
         app.router.add_get("/{path:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        self.site = web.TCPSite(self.runner, host, port, reuse_address=True, shutdown_timeout=1.0)
+        self.site = web.TCPSite(self.runner, host, port, reuse_address=True, shutdown_timeout=1.0,
+                                ssl_context=ssl_context)
         await self.site.start()
         self.serving = True
         return self.site._server.sockets[0].getsockname()

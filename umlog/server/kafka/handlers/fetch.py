@@ -54,21 +54,28 @@ decode_legacy_request = decode_fetch_request
 _NONE = ErrorCode.none.value
 _UNKNOWN = ErrorCode.unknown_topic_or_partition.value
 _OUT_OF_RANGE = ErrorCode.offset_out_of_range.value
+_DENIED = ErrorCode.topic_authorization_failed.value
 # Error rows carry empty records, never null: Kafka writes MemoryRecords.EMPTY
 # there, and librdkafka cannot parse a null records field (it logs PROTOERR and
 # never applies auto.offset.reset). The list is never mutated.
 _EMPTY: list = []
 
 
-def collect(door, topics, max_bytes: int, magic: int | None = None):
+def collect(door, topics, max_bytes: int, magic: int | None = None, denied: frozenset = frozenset()):
     """Read every requested partition once: (results, total bytes, any error).
-    ``magic`` 0 or 1: convert to that old message format (Fetch v0-3)."""
+    ``magic`` 0 or 1: convert to that old message format (Fetch v0-3); topics in
+    ``denied`` (no READ, security on) answer TOPIC_AUTHORIZATION_FAILED."""
     b = door.broker
     results = []
     total = 0
     error = False
     for ft in topics:
         name = ft.topic
+        if denied and name in denied:
+            results.append((name, [FetchPartitionResult(fp.partition, _DENIED, -1, -1, _EMPTY)
+                                   for fp in ft.partitions]))
+            error = True
+            continue
         try:
             t = b.topic(name)
         except errors.UnknownTopicError:
@@ -136,8 +143,16 @@ async def handle_fetch(ctx, req):
     keys = [(ft.topic, fp.partition) for ft in req.topics for fp in ft.partitions]
     loop = asyncio.get_running_loop()
     magic = fetch_magic(version)
+    denied: frozenset = frozenset()
+    if door.security is not None and ctx.conn is not None:
+        from ...security.acls import Operation, ResourceType
+        from ..authz import allowed
+
+        denied = frozenset(ft.topic for ft in req.topics if not allowed(ctx, Operation.READ, ResourceType.TOPIC,
+                                                                        ft.topic))
+        keys = [k for k in keys if k[0] not in denied]
     while True:
-        results, total, error = collect(door, req.topics, max_bytes, magic)
+        results, total, error = collect(door, req.topics, max_bytes, magic, denied)
         if total >= min_bytes or error or not keys or door.shutting_down:
             break
         remaining = deadline - time.monotonic()

@@ -42,7 +42,7 @@ async def handle_find_coordinator(ctx, req):
         node, host, port = -1, "", -1
     else:
         code, message = ErrorCode.none, None
-        node, host, port = door.node_id, door.advertise_host, door.advertise_port
+        node, (host, port) = door.node_id, door.advertised(ctx.conn)
     if ctx.version >= 4:
         coords = tuple(make(mod.Coordinator, key=k, node_id=node, host=host, port=port, error_code=code,
                             error_message=message) for k in req.coordinator_keys)

@@ -71,15 +71,28 @@ def lookup(door, name: str, index: int, timestamp: int) -> tuple[ErrorCode, int,
         return error_code_for(e), -1, -1
 
 
+def _may_describe(ctx, name: str) -> bool:
+    """Security on: ListOffsets needs DESCRIBE on the topic (as Kafka)."""
+    from ...security.acls import Operation, ResourceType
+    from ..authz import allowed
+
+    return allowed(ctx, Operation.DESCRIBE, ResourceType.TOPIC, name)
+
+
 async def handle_list_offsets(ctx, req):
     if ctx.version == 0:
         return list_offsets_v0(ctx.door, req)
     mod = response_module(ctx)
     topics = []
+    secure = ctx.door.security is not None and ctx.conn is not None
     for rt in req.topics:
         parts = []
+        denied = secure and not _may_describe(ctx, rt.name)
         for rp in rt.partitions:
-            code, ts, offset = lookup(ctx.door, rt.name, rp.partition_index, rp.timestamp)
+            if denied:
+                code, ts, offset = ErrorCode.topic_authorization_failed, -1, -1
+            else:
+                code, ts, offset = lookup(ctx.door, rt.name, rp.partition_index, rp.timestamp)
             parts.append(make(mod.ListOffsetsPartitionResponse, partition_index=rp.partition_index,
                               error_code=code, timestamp=ts, offset=offset,
                               leader_epoch=0 if code == ErrorCode.none else -1))

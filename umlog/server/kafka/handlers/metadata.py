@@ -6,6 +6,11 @@ name that do not exist are created on the spot when the server allows it
 ``allow_auto_topic_creation``; always for v0-v3, as in Kafka), with
 ``--default-partitions`` partitions. Unlike Kafka, creation is synchronous, so
 the first answer already lists the partitions (no LEADER_NOT_AVAILABLE round).
+
+With security on, the full listing leaves out topics the principal may not
+DESCRIBE; a topic asked for by name that it may not DESCRIBE answers
+TOPIC_AUTHORIZATION_FAILED, and auto-creation needs CREATE on the cluster or
+the topic (as Kafka).
 """
 
 from __future__ import annotations
@@ -76,8 +81,17 @@ async def handle_metadata(ctx, req):
         requested = None  # v0: an empty list means every topic
     allow = bool(getattr(req, "allow_auto_topic_creation", True))
     entries = []
+    secure = door.security is not None and ctx.conn is not None
+    if secure:
+        from ...security.acls import CLUSTER_NAME, Operation, ResourceType
+        from ..authz import allowed
+
+        def may(op, name, audit=True):
+            return allowed(ctx, op, ResourceType.TOPIC, name, audit)
     if requested is None:
         for name in sorted(door.broker.topics(internal=True)):  # as Kafka: internal ones too, is_internal set
+            if secure and not may(Operation.DESCRIBE, name, False):
+                continue
             try:
                 t = door.broker.topic(name)
             except errors.UnknownTopicError:  # deleted meanwhile
@@ -103,10 +117,18 @@ async def handle_metadata(ctx, req):
                                     name=None, topic_id=rt.topic_id, is_internal=False,
                                     partitions=(), topic_authorized_operations=-2147483648))
                 continue
-            t, code = ensure_topic(door, name, allow)
+            create = allow
+            if secure:
+                if not may(Operation.DESCRIBE, name):
+                    entries.append(topic_entry(ctx, mod, name, None, ErrorCode.topic_authorization_failed))
+                    continue
+                if allow and name not in door.broker.topics(internal=True):
+                    create = (allowed(ctx, Operation.CREATE, ResourceType.CLUSTER, CLUSTER_NAME, False)
+                              or may(Operation.CREATE, name))
+            t, code = ensure_topic(door, name, create)
             entries.append(topic_entry(ctx, mod, name, t, code))
-    broker = make(mod.MetadataResponseBroker, node_id=door.node_id, host=door.advertise_host,
-                  port=door.advertise_port, rack=None)
+    host, port = door.advertised(ctx.conn)
+    broker = make(mod.MetadataResponseBroker, node_id=door.node_id, host=host, port=port, rack=None)
     return make(mod.MetadataResponse, throttle_time=ZERO_MS, brokers=(broker,),
                 cluster_id=door.broker.cluster_id, controller_id=door.node_id,
                 topics=tuple(entries), cluster_authorized_operations=-2147483648)

@@ -32,6 +32,9 @@ does the answer to a retried duplicate (its original may still be waiting for
 its own). Readers waiting for these partitions are woken by the engine's append
 listeners (the hub), not here.
 
+With security on, a topic the principal may not WRITE answers
+TOPIC_AUTHORIZATION_FAILED for its partitions (``..authz``).
+
 Check-then-append runs without an await in between, so concurrent requests
 from several connections cannot interleave between the sequence check and the
 append.
@@ -178,6 +181,13 @@ def _log_failure(level: int, topic: str, index: int, e: BaseException) -> None:
     log.log(level, "produce to %s-%d failed: %r%s", topic, index, e, more)
 
 
+def _may_write(ctx, name: str) -> bool:
+    from ...security.acls import Operation, ResourceType
+    from ..authz import allowed
+
+    return allowed(ctx, Operation.WRITE, ResourceType.TOPIC, name)
+
+
 async def handle_produce(ctx, req):
     door = ctx.door
     refuse = None
@@ -189,10 +199,13 @@ async def handle_produce(ctx, req):
     touched: dict = {}
     # v0-v2: old message sets become RecordBatch v2 here, before the normal path
     legacy_refused = upconvert_produce(req) if ctx.version < 3 and refuse is None else {}
+    secure = door.security is not None and ctx.conn is not None
     for name, parts in req.topics:
         rows = []
+        denied = secure and not _may_write(ctx, name)
         for pd in parts:
-            code = refuse if refuse is not None else legacy_refused.get((name, pd.index))
+            code = refuse if refuse is not None else ErrorCode.topic_authorization_failed if denied \
+                else legacy_refused.get((name, pd.index))
             if code is not None:
                 rows.append((pd.index, code, -1, -1, -1))
                 continue
