@@ -43,7 +43,8 @@ def test_parse_hostport_refuses_bad_port(value):
 
 # A value for every declared setting, different from its default: each must
 # come back from the file as written.
-_SAMPLE = {"str": "/srv/umlog", "hostport": "10.1.2.3:19092", "bool": None, "int": None, "choice": None}
+_SAMPLE = {"str": "/srv/umlog", "hostport": "10.1.2.3:19092", "bool": None, "int": None, "choice": None,
+           "strlist": ["User:a", "User:b"], "listeners": "10.1.2.3:19092"}
 
 
 def _sample(s):
