@@ -127,7 +127,8 @@ def test_kafka_consumers_replay_a_topic_whose_first_segments_are_remote(tmp_path
         endpoint = "{s3['endpoint']}"
         prefix = "k"
         interval_ms = 50
-        retry_backoff_ms = [50, 500]
+        retry_backoff_ms = 50
+        retry_backoff_max_ms = 500
     """))
     data = str(tmp_path / "data")
     srv = ServeProcess(data, "--config", str(conf))

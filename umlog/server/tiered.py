@@ -26,8 +26,9 @@ TIERED_SETTINGS: tuple[Setting, ...] = (
     Setting("tiered", "interval_ms", "int", 5000,
             "How often closed segments are looked for (Kafka's remote.log.manager.task.interval.ms).",
             min=10, max=_INT31),
-    Setting("tiered", "retry_backoff_ms", "intpair", [500, 30_000],
-            "Backoff between failed upload rounds, [min, max] ms, doubling.", min=1, max=_INT31),
+    Setting("tiered", "retry_backoff_ms", "int", 500,
+            "Backoff after a failed upload round, doubling each time...", min=1, max=_INT31),
+    Setting("tiered", "retry_backoff_max_ms", "int", 30_000, "...up to this.", min=1, max=_INT31),
     Setting("tiered", "request_timeout_ms", "int", 10_000, "Timeout of one object-store request.",
             min=100, max=_INT31),
 )
@@ -38,4 +39,6 @@ def tiered_options(settings) -> dict[str, Any] | None:
     t = settings.table("tiered")
     if not t.get("uri"):
         return None
-    return {s.key: t.get(s.key) for s in TIERED_SETTINGS if t.get(s.key) is not None}
+    out = {s.key: t.get(s.key) for s in TIERED_SETTINGS if t.get(s.key) is not None}
+    out["retry_backoff_ms"] = [out["retry_backoff_ms"], max(out["retry_backoff_ms"], out.pop("retry_backoff_max_ms"))]
+    return out
