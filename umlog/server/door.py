@@ -82,13 +82,13 @@ def all_settings() -> list[Setting]:
     from .amqp.settings import AMQP_SETTINGS
     from .http.settings import HTTP_SETTINGS
     from .kafka.settings import KAFKA_SETTINGS
+    from .mirrors import MIRROR_SETTINGS
     from .mqtt.settings import MQTT_SETTINGS
     from .routes import ROUTE_SETTINGS
     from .security.settings import SECURITY_SETTINGS
     from .settings import SERVER_SETTINGS
     from .tiered import TIERED_SETTINGS
     from .webhooks import WEBHOOK_SETTINGS
-    from .mirrors import MIRROR_SETTINGS
 
     return [*SERVER_SETTINGS, *TIERED_SETTINGS, *KAFKA_SETTINGS, *MQTT_SETTINGS, *AMQP_SETTINGS, *HTTP_SETTINGS,
             *SECURITY_SETTINGS, *WEBHOOK_SETTINGS, *ROUTE_SETTINGS, *MIRROR_SETTINGS]
