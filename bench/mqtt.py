@@ -1,0 +1,158 @@
+"""The MQTT door against mosquitto, same run, same clients: server CPU per million.
+
+For each broker (``umlog serve --mqtt`` on a fresh data dir, then Debian's
+``mosquitto`` on loopback with a config of its own), one ``mosquitto_sub``
+subscribes to ``bench/#`` at QoS 1 and counts N messages, and one paho-mqtt
+publisher sends N messages of S bytes at QoS 1 with 100 in flight.
+(``mosquitto_pub -l`` would be cheaper, but it stops reading its input early
+when the broker acknowledges slower than it reads.) The
+broker's utime+stime (``/proc/<pid>/stat``) is read before and after; the table
+shows messages/s and the broker's CPU seconds per million messages (each
+message is published once and delivered once). The clients share the machine with the broker, so
+messages/s are for the pair; the broker's CPU per million, and its ratio
+between the brokers, are the numbers to read.
+
+Usage::
+
+    python bench/mqtt.py                  # 1,000,000 x 100 B
+    python bench/mqtt.py -n 200000 --fsync always
+
+Needs ``apt-get install mosquitto mosquitto-clients``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from harness import child_env, cpu_s  # noqa: E402
+
+
+def start_umlog(data_dir: str, fsync: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "umlog", "serve", "--data-dir", data_dir, "--kafka",
+                             "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--http", "off", "--fsync", fsync],
+                            stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir), env=child_env())
+    line = proc.stdout.readline()
+    m = re.search(r"mqtt=\S+:(\d+)", line)
+    if not m:
+        proc.kill()
+        raise SystemExit(f"umlog serve did not get ready: {line!r}")
+    return proc, int(m.group(1))
+
+
+def start_mosquitto(work: str) -> tuple[subprocess.Popen, int]:
+    import socket
+
+    # mosquitto takes its port from the config only: ask the OS for one and
+    # retry if another process took it meanwhile.
+    for _ in range(5):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        conf = os.path.join(work, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 0\nmax_inflight_messages 100\n")
+        proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return proc, port
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        proc.kill()
+    raise SystemExit("mosquitto did not start")
+
+
+PUBLISHER = """
+import sys, threading, paho.mqtt.client as mqtt
+port, n, size = map(int, sys.argv[1:4])
+acked = 0
+cond = threading.Condition()
+
+def on_publish(client, userdata, mid, rc, props):
+    global acked
+    with cond:
+        acked += 1
+        cond.notify()
+
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
+c.max_inflight_messages_set(100)
+c.on_publish = on_publish
+c.connect("127.0.0.1", port)
+c.loop_start()
+payload = b"x" * size
+for i in range(n):
+    with cond:  # at most 1,000 queued in the client
+        cond.wait_for(lambda: i - acked < 1000)
+    c.publish("bench/x", payload, 1)
+with cond:
+    cond.wait_for(lambda: acked >= n, 600)
+c.disconnect()
+c.loop_stop()
+"""
+
+
+def run(port: int, pid: int, n: int, size: int) -> tuple[float, float]:
+    ready = "bench/ready"
+    subprocess.run(["mosquitto_pub", "-p", str(port), "-t", ready, "-m", "r", "-r", "-q", "1"], check=True)
+    sub = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t", "bench/#", "-q", "1", "-C", str(n + 1)],
+                           stdout=subprocess.PIPE)
+    first = sub.stdout.readline()  # the retained message: the subscription is live
+    assert first.strip() == b"r", first
+    cpu0, t0 = cpu_s(pid), time.perf_counter()
+    subprocess.run([sys.executable, "-c", PUBLISHER, str(port), str(n), str(size)], check=True, env=child_env())
+    for _ in sub.stdout:
+        pass
+    if sub.wait() != 0:
+        raise SystemExit(f"mosquitto_sub failed (exit {sub.returncode})")
+    return time.perf_counter() - t0, cpu_s(pid) - cpu0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=1_000_000, help="messages")
+    ap.add_argument("-s", "--size", type=int, default=100, help="payload bytes")
+    ap.add_argument("--fsync", default="never", choices=["never", "interval", "always"])
+    args = ap.parse_args()
+    for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (apt-get install mosquitto mosquitto-clients)")
+    with tempfile.TemporaryDirectory(prefix="umlog-bench-mqtt-") as work:
+        rows = []
+        proc, port = start_umlog(os.path.join(work, "data"), args.fsync)
+        try:
+            wall, cpu = run(port, proc.pid, args.n, args.size)
+            rows.append((f"umlog (fsync={args.fsync})", wall, cpu))
+        finally:
+            proc.terminate()
+            proc.wait()
+        proc, port = start_mosquitto(work)
+        try:
+            wall, cpu = run(port, proc.pid, args.n, args.size)
+            rows.append(("mosquitto (no persistence)", wall, cpu))
+        finally:
+            proc.terminate()
+            proc.wait()
+    print(f"{args.n:,} QoS 1 messages of {args.size} B, one paho publisher to one mosquitto_sub")
+    print(f"{'broker':<28} {'msgs/s':>10} {'CPU-s/1M':>10} {'vs mosquitto':>13}")
+    base = rows[-1][2] / args.n * 1e6
+    for name, wall, cpu in rows:
+        per = cpu / args.n * 1e6
+        print(f"{name:<28} {args.n / wall:>10,.0f} {per:>10.2f} {per / base:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
