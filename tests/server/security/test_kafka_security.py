@@ -270,3 +270,29 @@ def test_audit_records_read_back_through_the_kafka_door(secure):
     created = [e for e in events if e["type"] == "umlog.admin.create_topics" and e["subject"] == f"topic:{topic}"]
     assert created and created[0]["source"] == "kafka" and created[0]["specversion"] == "1.0"
     assert {"id", "time", "source", "type"} <= set(created[0])
+
+
+def test_list_offsets_v0_is_authorized_like_the_newer_versions(secure):
+    # Old clients (Burrow) ask end offsets with ListOffsets v0: it needs DESCRIBE too.
+    import socket
+    import struct
+
+    topic = _name("v0")
+    _create_topic(secure, topic)
+    host, port = secure.bootstrap("kafka").rsplit(":", 1)
+
+    def ask() -> int:
+        body = struct.pack(">ii", -1, 1) + struct.pack(">h", len(topic)) + topic.encode()
+        body += struct.pack(">i", 1) + struct.pack(">iqi", 0, -1, 1)
+        head = struct.pack(">hhih", 2, 0, 7, 1) + b"t"
+        with socket.create_connection((host, int(port)), timeout=scaled(10)) as s:
+            s.sendall(struct.pack(">i", len(head) + len(body)) + head + body)
+            size = struct.unpack(">i", s.recv(4, socket.MSG_WAITALL))[0]
+            answer = s.recv(size, socket.MSG_WAITALL)
+        # correlation id, [topic: name, [partition, error code, [offsets]]]
+        pos = 4 + 4 + 2 + len(topic) + 4 + 4
+        return struct.unpack_from(">h", answer, pos)[0]
+
+    assert ask() == KafkaError.TOPIC_AUTHORIZATION_FAILED  # ANONYMOUS on the plain listener
+    _allow(secure, "User:ANONYMOUS", ResourceType.TOPIC, topic, AclOperation.DESCRIBE)
+    assert ask() == 0

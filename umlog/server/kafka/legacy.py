@@ -249,12 +249,14 @@ def offsets_before(p, timestamp: int, max_num_offsets: int, now_ms: int | None =
     return sorted((min(o, end) for o in offsets), reverse=True)
 
 
-def list_offsets_v0(door, req: ListOffsetsRequest) -> list:
-    """The ListOffsets v0 answer, encoded: [name, [partition, error_code, [offset]]]."""
+def list_offsets_v0(door, req: ListOffsetsRequest, denied=None) -> list:
+    """The ListOffsets v0 answer, encoded: [name, [partition, error_code, [offset]]].
+    ``denied(topic)``: True when the principal may not DESCRIBE it (security on)."""
     out = bytearray(_i32.pack(len(req.topics)))
     for name, parts in req.topics:
         _put_string(out, name, False)
         _put_array_len(out, len(parts), False)
+        refused = denied is not None and denied(name)
         try:
             t = door.broker.topic(name)
         except errors.UnknownTopicError:
@@ -262,7 +264,9 @@ def list_offsets_v0(door, req: ListOffsetsRequest) -> list:
         for rp in parts:
             code = ErrorCode.none
             offsets: list[int] = []
-            if t is None or not 0 <= rp.partition_index < t.num_partitions:
+            if refused:
+                code = ErrorCode.topic_authorization_failed
+            elif t is None or not 0 <= rp.partition_index < t.num_partitions:
                 code = ErrorCode.unknown_topic_or_partition
             elif rp.timestamp < 0 and rp.timestamp not in (LATEST, EARLIEST):
                 code = ErrorCode.unsupported_version

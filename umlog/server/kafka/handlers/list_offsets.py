@@ -80,11 +80,11 @@ def _may_describe(ctx, name: str) -> bool:
 
 
 async def handle_list_offsets(ctx, req):
+    secure = ctx.door.security is not None and ctx.conn is not None
     if ctx.version == 0:
-        return list_offsets_v0(ctx.door, req)
+        return list_offsets_v0(ctx.door, req, (lambda name: not _may_describe(ctx, name)) if secure else None)
     mod = response_module(ctx)
     topics = []
-    secure = ctx.door.security is not None and ctx.conn is not None
     for rt in req.topics:
         parts = []
         denied = secure and not _may_describe(ctx, rt.name)
