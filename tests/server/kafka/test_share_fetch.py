@@ -200,7 +200,10 @@ def test_a_killed_consumers_records_come_back_after_the_lock(server):
         c.close()
     counts = {o: dc for _, o, dc, _ in got}
     assert all(counts[o] == 2 for o in held), counts  # the second delivery, after the killed one's lock expired
-    assert all(counts[o] == 1 for o in set(range(10)) - held)
+    # The rest were either never acquired, or acquired by the child's client in
+    # the background (its fetches go on while the application holds a poll's
+    # records) and never shown to it: a first or a second delivery.
+    assert all(counts[o] in (1, 2) for o in set(range(10)) - held), counts
     assert len(got) == 10  # each once to the survivor
 
 
