@@ -27,7 +27,6 @@ dict lookup per topic.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import json
@@ -236,17 +235,10 @@ class AclStore:
                 continue
         return out
 
-    @contextlib.contextmanager
     def _locked(self):
-        import fcntl
+        from umlog.log.files import file_lock
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return file_lock(self.path)
 
     def _write(self, bindings: list[AclBinding]) -> None:
         from umlog.log.files import atomic_write_json

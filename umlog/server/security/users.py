@@ -23,7 +23,6 @@ the user's credentials change.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -156,17 +155,10 @@ class UserStore:
 
     # --- writing -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _locked(self):
-        import fcntl
+        from umlog.log.files import file_lock
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return file_lock(self.path)
 
     def change(self, fn) -> Any:
         """Read, ``fn(users)`` (may change the dict in place, or raise to leave the
