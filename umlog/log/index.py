@@ -14,7 +14,7 @@ entry (ts, rel) says: the records up to base+rel have timestamps up to ts; ts
 strictly increases. Lookups are a native binary search over the mapped bytes
 (umlog._native.core); numpy is not used there because ``searchsorted`` on a
 big-endian view copies the whole array on every call (measured: 0.6-1.8 ms on a
-10 MiB index, STYLE.md).
+10 MiB index).
 
 After a crash the preallocated tail is zeros, and entries may point past the
 log's valid end. ``valid_entries()`` finds the last non-zero slot, and the

@@ -1,7 +1,7 @@
 """Kafka door test fixtures.
 
 ``async def`` tests run on a fresh event loop each (no pytest-asyncio needed),
-under asyncio and, when installed, uvloop (STYLE.md G).
+under asyncio and, when installed, uvloop (the server runs on uvloop when it is installed).
 """
 
 from __future__ import annotations
