@@ -92,8 +92,10 @@ def start_umlog(data_dir: str, fsync: str) -> tuple[subprocess.Popen, int]:
 
 
 def start_rabbitmq(tmp: str) -> tuple[subprocess.Popen, int] | None:
-    server = shutil.which("rabbitmq-server") or ("/usr/lib/rabbitmq/bin/rabbitmq-server"
-                                                  if os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server") else None)
+    # Debian's /usr/sbin/rabbitmq-server re-runs itself as the rabbitmq user (su),
+    # which cannot write this run's directories: the script it wraps runs as us.
+    lib = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+    server = lib if os.path.exists(lib) else shutil.which("rabbitmq-server")
     if server is None:
         print("rabbitmq-server is not installed (apt-get install rabbitmq-server): RabbitMQ skipped")
         return None
