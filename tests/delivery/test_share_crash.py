@@ -55,6 +55,7 @@ def test_sigkill_of_the_writer_mid_way(tmp_path):
         child.stdout.close()
         child.wait(scaled(30))
     lines += [ln.split() for ln in rest.splitlines()]
+    lines = [ln for ln in lines if len(ln) == 3]  # the kill may cut the last line short
     tried = {(int(p), int(o)) for w, p, o in lines if w == b"T"}
     settled = {(int(p), int(o)) for w, p, o in lines if w == b"A"}
     assert settled

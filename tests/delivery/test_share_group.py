@@ -239,7 +239,10 @@ def test_competing_threads_never_hold_one_record_at_once(broker):
     for p in range(3):
         t.append_many([b"%d-%d" % (p, i) for i in range(n // 4)], partition=p)
     t.append_many([b"last-%d" % i for i in range(n - 3 * (n // 4))], partition=0)
-    shared = broker.share_group("g", topics=["orders"], start="earliest", lock_ms=600_000, backoff_ms=None)
+    # Releases are random (one in five), so a record released five times running
+    # would be dropped by the default max_attempts and never acked: room enough.
+    shared = broker.share_group("g", topics=["orders"], start="earliest", lock_ms=600_000, backoff_ms=None,
+                                max_attempts=1_000)
     guard = threading.Lock()
     holding: set = set()
     acked: list = []
