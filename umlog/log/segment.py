@@ -404,7 +404,7 @@ class LogSegment:
         column = field + "s"
         end = self.size
         while pos < end:
-            chunk = os.pread(self.fd, min(SEEK_CHUNK, end - pos), pos)
+            chunk = self.read(pos, min(SEEK_CHUNK, end - pos))  # a remote segment reads its own way
             res = scan_batches(chunk, 0, len(chunk), -1, False)
             if res.count:
                 hits = np.flatnonzero(getattr(res, column) >= least)

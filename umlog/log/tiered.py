@@ -69,12 +69,12 @@ from typing import Any
 
 import numpy as np
 
-from .._native.core import BATCH_HEADER_SIZE, batch_info, scan_batches
+from .._native.core import BATCH_HEADER_SIZE, batch_info
 from ..errors import CorruptBatchError, InvalidConfigError, RemoteStorageError
 from .files import INDEX_SUFFIX, LOG_SUFFIX, TIMEINDEX_SUFFIX, atomic_write_json, read_json, segment_name
 from .producer_state import SNAPSHOT_SUFFIX
 from .retention import RetentionResult, _delete_files, _largest_timestamp
-from .segment import SEEK_CHUNK, LogSegment
+from .segment import LogSegment
 from .tailing import premap, retire
 
 __all__ = ["TieredStorage", "RemoteStore", "RemoteSegment", "TIERED_DEFAULTS", "METADATA_TOPIC"]
@@ -344,25 +344,7 @@ class RemoteSegment:
         pos = int(positions[i]) if i >= 0 else 0
         return self._first_batch_from(pos, "last_offset", offset)
 
-    def _first_batch_from(self, pos: int, field: str, least: int) -> tuple[int, int] | None:
-        column = field + "s"
-        end = self.size
-        while pos < end:
-            chunk = self.read(pos, min(SEEK_CHUNK, end - pos))
-            res = scan_batches(chunk, 0, len(chunk), -1, False)
-            if res.count:
-                hits = np.flatnonzero(getattr(res, column) >= least)
-                if len(hits):
-                    i = int(hits[0])
-                    return pos + int(res.positions[i]), int(res.base_offsets[i])
-                pos += res.valid_end
-                continue
-            info = batch_info(chunk, 0)
-            if getattr(info, field) >= least:
-                return pos, info.base_offset
-            pos += info.size
-        return None
-
+    _first_batch_from = LogSegment._first_batch_from  # the same scan over this segment's read()
     batches_from = LogSegment.batches_from
 
     def timestamp_lookup(self, timestamp: int) -> tuple[int, int] | None:
