@@ -166,11 +166,15 @@ def test_kafka_consumers_replay_a_topic_whose_first_segments_are_remote(tmp_path
         srv.stop()
 
 
+# The tiering thread may reach its stall while the main thread still appends:
+# it announces the stall only once every record is flushed, so the kill never
+# takes records that were not yet durable.
 CHILD = """
-import os, sys, time, umlog
+import os, sys, threading, time, umlog
 from umlog.log import tiered
 mode, data, store = sys.argv[1:4]
 put, delete = tiered.RemoteStore.put_file, tiered._delete_files
+flushed = threading.Event()
 def stall_put(self, local, key, size=None):
     if key.endswith(".log"):
         with open(local, "rb") as f:
@@ -178,12 +182,14 @@ def stall_put(self, local, key, size=None):
         os.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
         with open(self.path(key), "wb") as f:
             f.write(half[: len(half) // 2])
+        flushed.wait()
         print("STALLED", flush=True)
         time.sleep(3600)
     return put(self, local, key, size)
 def stall_delete(directory, segments):
     seg = segments[0]
     os.rename(seg.log_path, seg.log_path + ".deleted")  # one file of the first segment renamed, then killed
+    flushed.wait()
     print("STALLED", flush=True)
     time.sleep(3600)
 if mode == "upload":
@@ -196,6 +202,7 @@ t = b.create_topic("ev", 1, {"remote.storage.enable": "true", "segment.bytes": 1
 for i in range(0, 3000, 100):
     t.append_many([b"v%06d" % j for j in range(i, i + 100)], partition=0)
 b.flush()
+flushed.set()
 b.tiering.kick()
 time.sleep(3600)
 """
