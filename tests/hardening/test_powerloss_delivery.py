@@ -1,0 +1,205 @@
+"""Power loss under delayed delivery, over a file system that forgets
+everything not fsync'd (tools/powerloss_fs.py; see test_powerloss.py for the mount and its rules).
+
+Delayed delivery. A writer process (``fsync="always"``) appends records with
+``umlog-deliver-at`` (due at once, within a second or two, or a few seconds
+later), one at a time and in mixed batches with plain records, and reports
+each acknowledgement the moment the call returns, while its scheduler thread
+delivers what comes due. The power is cut after a seeded number of
+acknowledgements (records pending, records being delivered), the writer
+killed, the file system mounted again with the durable state only. Then a
+second process opens the data dir and its scheduler delivers the backlog,
+and the power is cut again after a seeded pause (while it delivers). After
+the cycles the data dir is opened and left to deliver everything due:
+
+* every acknowledged delayed record is delivered exactly once (no loss, no
+  duplicate), every acknowledged plain record is there once;
+* none was delivered before its time: the target topic is ``LogAppendTime``,
+  so a delivered record's timestamp is when it was appended, which must not
+  be before the due time its value carries;
+* the index holds nothing once everything is due.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from helpers import scaled, subprocess_env, wait_until
+
+import umlog
+from hardening.test_powerloss import Writer, disk  # noqa: F401  (disk is a fixture)
+
+DELAY_CHILD = textwrap.dedent("""
+    import os, random, sys, time
+    import umlog
+
+    def say(line):
+        os.write(1, (line + "\\n").encode())  # one write: a line is whole or absent
+
+    data, seed, start, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    b = umlog.open(data, fsync="always", cleaner_interval_ms=None)
+    if "t" not in b.topics():
+        b.create_topic("t", 2, config={"message.timestamp.type": "LogAppendTime", "segment.bytes": 8192})
+    say("O")
+    if mode == "idle":  # only the scheduler works: the backlog is delivered
+        sys.stdin.read()
+        sys.exit(0)
+    rnd = random.Random(seed)
+    t = b.topic("t")
+    i = start
+    while True:
+        now = int(time.time() * 1000)
+        n = rnd.choice((1, 1, 3))
+        values, headers, delayed = [], [], []
+        for _ in range(n):
+            if n > 1 and rnd.random() < 0.3:
+                values.append(b"p%d" % i)
+                headers.append(None)
+            else:
+                due = now + rnd.choice((0, rnd.randint(0, 1500), rnd.randint(2000, 5000)))
+                values.append(b"d%d %d" % (i, due))
+                headers.append([("umlog-deliver-at", b"%d" % due), ("n", b"%d" % i)])
+                delayed.append((i, due))
+            i += 1
+        if n == 1:
+            t.append(values[0], headers=headers[0], partition=i % 2)
+        else:
+            t.append_many(values, headers=headers, partition=i % 2)
+        for v in values:
+            say("A " + v.decode())
+""")
+
+
+class Child(Writer):
+    """A ``python -c SCRIPT ARGS`` child whose lines are collected as the power-loss writer's are."""
+
+    def __init__(self, log_path: str, script: str, *args: str) -> None:
+        self.lines: list[str] = []
+        self.done = False
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=log, env=subprocess_env(),
+                                         cwd=os.path.dirname(log_path))
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+
+def _delay_child(tmp_path, data: str, name: str, seed: int, start: int, mode: str) -> Child:
+    return Child(str(tmp_path / f"{name}.log"), DELAY_CHILD, data, str(seed), str(start), mode)
+
+
+class DelayLedger:
+    """What the writers had acknowledged: delayed values by number with their due time, plain values."""
+
+    def __init__(self) -> None:
+        self.delayed: dict[int, int] = {}
+        self.plain: set[bytes] = set()
+
+    def add(self, lines: list[str]) -> None:
+        for line in lines:
+            f = line.split(" ")
+            if f[0] != "A":
+                continue
+            if f[1].startswith("d"):
+                self.delayed[int(f[1][1:])] = int(f[2])
+            else:
+                self.plain.add(f[1].encode())
+
+
+def _delivered(b) -> tuple[collections.Counter, list[tuple[int, int, int]], collections.Counter]:
+    """Delayed numbers delivered (counted), (number, due, append time) of each, plain values (counted)."""
+    got, times, plain = collections.Counter(), [], collections.Counter()
+    for p in b.topic("t").partitions:
+        for r in p.read(p.start_offset):
+            if r.value.startswith(b"d"):
+                n, due = (int(x) for x in r.value[1:].split(b" "))
+                got[n] += 1
+                times.append((n, due, r.timestamp))
+            else:
+                plain[r.value] += 1
+    return got, times, plain
+
+
+def check_delayed(data: str, ledger: DelayLedger) -> dict:
+    """Open the data dir, let its scheduler deliver everything due, and check the ledger against the target."""
+    last_due = max(ledger.delayed.values(), default=0)
+    b = umlog.open(data, fsync="always", cleaner_interval_ms=None)
+    try:
+        s = b.hooks.delay.scheduler
+        assert s is not None, "the scheduler did not start on a data dir with __delayed"
+        wait_until(lambda: time.time() * 1000 > last_due + 50, 30, "the last due time")
+
+        def settled():
+            got = _delivered(b)[0]
+            return s.pending() == 0 and set(ledger.delayed) <= set(got)
+        wait_until(settled, scaled(60), "every acknowledged delayed record delivered", interval=0.05)
+        time.sleep(0.3)  # a duplicate would come in the next rounds
+        got, times, plain = _delivered(b)
+    finally:
+        b.close()
+    lost = sorted(set(ledger.delayed) - set(got))
+    dup = sorted(n for n, c in got.items() if c > 1)
+    early = [(n, due, ts) for n, due, ts in times if ts < due]
+    plain_lost = sorted(ledger.plain - set(plain))
+    plain_dup = sorted(v for v, c in plain.items() if c > 1)
+    assert not lost, f"{len(lost)} acknowledged delayed records never delivered: {lost[:20]}"
+    assert not dup, f"{len(dup)} delayed records delivered more than once: {dup[:20]}"
+    assert not early, f"{len(early)} delivered before their time (number, due, appended): {early[:10]}"
+    assert not plain_lost, f"acknowledged plain records lost: {plain_lost[:20]}"
+    assert not plain_dup, f"plain records stored twice: {plain_dup[:20]}"
+    return {"delayed": len(ledger.delayed), "delivered": sum(got.values()), "plain": len(ledger.plain)}
+
+
+def run_delay_cycles(disk, tmp_path, *, seed: int, cycles: int, min_acks: int, max_acks: int,  # noqa: F811
+                     max_idle_s: float) -> dict:
+    rnd = random.Random(seed)
+    data = os.path.join(disk.mountpoint, "data")
+    ledger = DelayLedger()
+    cuts = []
+    for cycle in range(cycles):
+        target = rnd.randint(min_acks, max_acks)
+        w = _delay_child(tmp_path, data, f"writer-{cycle}", seed * 100 + cycle, cycle * 1_000_000, "write")
+        try:
+            wait_until(lambda w=w, n=target: w.progress(n), scaled(120), f"{target} acknowledgements",
+                       interval=0.005)
+            cuts.append(("writing", target, disk.cut()))
+        finally:
+            ledger.add(w.kill())
+        disk.remount()
+        # The backlog: a fresh process delivers it, and the power goes again while it does.
+        r = _delay_child(tmp_path, data, f"recover-{cycle}", 0, 0, "idle")
+        try:
+            wait_until(lambda r=r: "O" in r.lines or r.proc.poll() is not None, scaled(60), "the data dir open")
+            assert "O" in r.lines, r.log_tail()
+            pause = rnd.uniform(0, max_idle_s)
+            time.sleep(pause)
+            cuts.append(("delivering", round(pause, 2), disk.cut()))
+        finally:
+            r.kill()
+        disk.remount()
+    res = check_delayed(data, ledger)
+    res["cuts"] = [(what, at, len(rep["files"])) for what, at, rep in cuts]
+    return res
+
+
+def test_delayed_delivery_survives_power_loss(disk, tmp_path):  # noqa: F811
+    r = run_delay_cycles(disk, tmp_path, seed=1, cycles=2, min_acks=40, max_acks=150, max_idle_s=1.5)
+    print(r)
+    assert r["delayed"] >= 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("seed", range(4))
+def test_delayed_delivery_power_loss_long(disk, tmp_path, seed):  # noqa: F811
+    r = run_delay_cycles(disk, tmp_path, seed=10 + seed, cycles=6, min_acks=5, max_acks=600, max_idle_s=4.0)
+    print(r)
