@@ -7,7 +7,10 @@ topic (created if missing). ``Webhook`` runs it on an asyncio loop: a pump
 task acquires records and hands each to a delivery task, which POSTs the
 record's value with aiohttp and settles it by the answer:
 
-* 2xx: ``ack`` (acks made in the same loop turn are one ``ack`` call);
+* 2xx: ``ack``; acks are gathered and written as one ``ack`` call right
+  before the pump's next ``acquire``, or ``ACK_LINGER_S`` (5 ms) after the
+  first of them, whichever is first (a crash in between delivers them again,
+  as any unacked record);
 * a timeout, a connection error, 408, 429 or 5xx: a retry after
   ``Retry-After`` (seconds or an HTTP date) when the answer has one, else
   after the exponential backoff ``min(max, min * 2**(n-1))`` with equal
@@ -25,15 +28,20 @@ page cache and writes the window), and ``ack``/``release``/``reject`` are one
 state append. The pump waits on an ``asyncio.Event`` instead of inside
 ``acquire``: the engine's append listener sets it (directly on the loop's
 thread, through ``call_soon_threadsafe`` once per wake-up from any other
-thread) when the webhook's topic grows, a finished delivery sets it (room for
-more), and a timer covers retries that come due (``release`` delays) with a
-one-second ceiling for whatever else (a lock that expired, a new partition).
+thread) when the webhook's topic grows, a finished delivery sets it when
+there is room for a batch, and a timer covers retries that come due
+(``release`` delays) with a one-second ceiling for whatever else (a lock that
+expired, a new partition).
 No executor thread: at thousands of deliveries a second the hand-offs would
 cost more than the calls.
 
 Ordering:
 
-* ``"none"``: at most ``concurrency`` records in flight. A retry is a
+* ``"none"``: at most ``concurrency`` POSTs in flight, and up to twice as
+  many records held: the pump acquires ``concurrency`` records at a time
+  once that much room is free, so each acquire and each ack is one state
+  write per ``concurrency`` deliveries, and a connection that frees up finds
+  the next record already there. A retry is a
   ``release(delay_ms=...)`` to the share group: the record leaves the process
   and comes back through ``acquire`` when due, its delivery count raised by
   the share group; ``max_attempts`` is that delivery count.
@@ -117,6 +125,7 @@ FILE_NAME = "webhooks.json"
 STATUS_FILE_NAME = "webhooks-status.json"
 GROUP_PREFIX = "webhook."
 POLL_S = 1.0
+ACK_LINGER_S = 0.005  # the longest an ack waits to be written with others (the pump writes them sooner)
 RETRY_AFTER_MAX_MS = 24 * 3600 * 1000  # a Retry-After further away than a day is taken as a day
 
 DEFAULTS: dict[str, Any] = {
@@ -376,7 +385,8 @@ class Webhook:
         self._keys: dict[tuple, deque] = {}
         self._sem = asyncio.Semaphore(config.concurrency)
         self._acks: list = []
-        self._acks_scheduled = False
+        self._acks_timer: asyncio.TimerHandle | None = None
+        self._url = None  # the parsed URL, once (aiohttp would parse the string per request)
         self._due: float | None = None  # loop time when a released record comes back
         self.idle_s = POLL_S  # the longest the pump waits without a wake-up
         self.changed = True  # stats changed since the status file was written
@@ -393,6 +403,7 @@ class Webhook:
 
     async def start(self) -> None:
         import aiohttp
+        import yarl
 
         from ..errors import TopicExistsError, UnknownTopicError
 
@@ -409,12 +420,18 @@ class Webhook:
         self._group = self.broker.share_group(c.group, topics=[c.topic], max_attempts=c.max_attempts,
                                               lock_ms=c.lock_ms, backoff_ms=c.backoff_ms,
                                               dead_letter=c.dead_letter_topic, start=c.start)
+        self._url = yarl.URL(c.url)
         if self._session_factory is not None:
             self._session = self._session_factory(c)
         else:
+            # One session for the webhook's life: its connector keeps up to
+            # ``concurrency`` keep-alive connections to the endpoint. No cookie
+            # jar: a webhook sender has no cookies to keep, and the jar's
+            # filtering costs a little on every request.
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=c.concurrency, limit_per_host=c.concurrency),
-                timeout=aiohttp.ClientTimeout(total=c.timeout_ms / 1000), auto_decompress=False)
+                timeout=aiohttp.ClientTimeout(total=c.timeout_ms / 1000), auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar())
         self.broker.add_append_listener(self._on_append)
         self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"webhook {c.name}")
         log.info("webhook %s: %s -> %s (ordering %s, concurrency %d)", c.name, c.topic, c.url, c.ordering,
@@ -471,10 +488,16 @@ class Webhook:
     def _room(self) -> int:
         c = self.config
         if c.ordering == "none":
-            return c.concurrency - self._held
+            return 2 * c.concurrency - self._held
         if self._sending >= c.concurrency:
             return 0
         return min(c.concurrency * 8 + 64 - self._held, 500)
+
+    def _batch(self) -> int:
+        """The least room worth an acquire while deliveries are in flight: each
+        acquire (and the ack before it) is a state write."""
+        c = self.config
+        return c.concurrency if c.ordering == "none" else max(1, c.concurrency // 4)
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
@@ -482,9 +505,8 @@ class Webhook:
             self._wake.clear()
             got = []
             room = self._room()
-            # Acquire in batches (a quarter of the room at least) while deliveries
-            # are in flight: each acquire is a state write.
-            if room > 0 and (self._held == 0 or room >= max(1, self.config.concurrency // 4)):
+            if room > 0 and (self._held == 0 or room >= self._batch()):
+                self._flush_acks()  # the acks gathered since the last acquire: one write
                 try:
                     got = self._group.acquire(room, timeout=0)
                 except Exception as e:  # a failing disk: say so, try again later
@@ -502,10 +524,12 @@ class Webhook:
                 timeout = min(timeout, max(0.0, self._due - loop.time()) + 0.005)
                 if self._due <= loop.time():
                     self._due = None
+            # A timer that sets the event: cheaper than wait_for (a task per wait).
+            timer = loop.call_later(timeout, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     def _dispatch(self, r) -> None:
         if self.config.ordering == "key" and r.key is not None:
@@ -528,7 +552,8 @@ class Webhook:
 
     def _settled(self) -> None:
         self._held -= 1
-        self._wake.set()
+        if self._held == 0 or self._room() >= self._batch():  # the pump would acquire: wake it
+            self._wake.set()
 
     # -- deliveries ----------------------------------------------------------------------------
 
@@ -625,7 +650,7 @@ class Webhook:
         async with self._sem:
             self._sending += 1
             try:
-                async with self._session.post(c.url, data=body, headers=self.headers(r),
+                async with self._session.post(self._url, data=body, headers=self.headers(r),
                                               allow_redirects=False) as resp:
                     await resp.read()
                     status, reason = resp.status, resp.reason or ""
@@ -663,12 +688,13 @@ class Webhook:
         self.stats.last_success_at_ms = int(time.time() * 1000)
         self.changed = True
         self._acks.append(r)
-        if not self._acks_scheduled:
-            self._acks_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+        if self._acks_timer is None:
+            self._acks_timer = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._flush_acks)
 
     def _flush_acks(self) -> None:
-        self._acks_scheduled = False
+        if self._acks_timer is not None:
+            self._acks_timer.cancel()
+            self._acks_timer = None
         acks, self._acks = self._acks, []
         if not acks:
             return
