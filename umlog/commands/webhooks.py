@@ -96,7 +96,7 @@ def list_(data_dir: str, config_file: str | None, as_json: bool) -> None:
 @click.option("--backoff-ms", nargs=2, type=int, default=None, metavar="MIN MAX",
               help="Retry delay bounds in ms [default: 1000 600000].")
 @click.option("--dead-letter", default=None, help="Dead-letter topic [default: webhook.NAME.dlq].")
-@click.option("--concurrency", type=int, default=None, help="Most POSTs in flight [default: 8].")
+@click.option("--concurrency", type=int, default=None, help="Most POSTs in flight [default: 32].")
 @click.option("--ordering", type=click.Choice(["none", "key"]), default=None, help="Per-key order [default: none].")
 @click.option("--timeout-ms", type=int, default=None, help="Request timeout [default: 10000].")
 @click.option("--start", type=click.Choice(["latest", "earliest"]), default=None,

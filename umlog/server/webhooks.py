@@ -15,7 +15,7 @@ from .settings import ArrayOfTables, Setting, SettingsError, check_entry
 __all__ = ["WEBHOOK_SETTINGS", "webhook_configs", "check_webhook", "parse_webhook"]
 
 _INT31 = 2**31 - 1
-_D = {"max_attempts": 8, "backoff_ms": [1_000, 600_000], "concurrency": 8, "ordering": "none",
+_D = {"max_attempts": 8, "backoff_ms": [1_000, 600_000], "concurrency": 32, "ordering": "none",
       "timeout_ms": 10_000, "start": "latest"}
 
 def check_webhook(entry: dict[str, Any], where: str) -> dict[str, Any]:
