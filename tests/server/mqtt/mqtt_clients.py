@@ -75,14 +75,15 @@ class Paho:
 class Raw:
     """A socket speaking the codec: ``send(packet)``, ``next()`` the next packet."""
 
-    def __init__(self, address, client_id, version=4, clean_start=True, properties=None, keep_alive=60):
+    def __init__(self, address, client_id, version=4, clean_start=True, properties=None, keep_alive=60,
+                 will=None):
         self.version = version
         self.s = socket.create_connection(address)
         self.s.settimeout(scaled(10))
         self.reader = PacketReader(version=version)
         self.got: list = []
         self.send(Connect(client_id, version=version, clean_start=clean_start, keep_alive=keep_alive,
-                          properties=properties))
+                          properties=properties, will=will))
         self.connack = self.next()
 
     def send(self, p) -> None:

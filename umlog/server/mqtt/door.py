@@ -48,8 +48,7 @@ filter can be fed from (0x87 in MQTT 5, 0x80 in 3.1.1); messages of log
 topics the principal may not READ are never delivered to it.
 
 What this door does not do yet, and says so to clients where MQTT 5 can:
-subscription identifiers (announced unavailable), will delay (a will is
-published at once).
+subscription identifiers (announced unavailable).
 """
 
 from __future__ import annotations

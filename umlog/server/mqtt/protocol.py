@@ -11,7 +11,8 @@ States: a connection first waits for CONNECT (closed after
 ``connect_timeout_ms`` without one); after CONNACK it serves until DISCONNECT,
 a protocol error, a keep-alive timeout (1.5 x the client's keep alive with no
 packet), a takeover (another connection with the same client id) or a server
-shutdown. Every way out but DISCONNECT (reason 0) publishes the will.
+shutdown. Every way out but DISCONNECT (reason 0) publishes the will (after
+the MQTT 5 will delay, if the session outlives the connection: ``_will_out``).
 
 Errors: a packet the codec refuses, or one the state forbids, ends this
 connection only: MQTT 5 clients get a DISCONNECT (or, before CONNACK, a
@@ -320,6 +321,7 @@ class MqttConnection(asyncio.Protocol):
             s.live = True  # a new session starts at the fan-out's position
         else:
             s.version, s.expiry = self.version, expiry
+            s.cancel_will()  # resumed within the will delay: no will
             if s.timer is not None:
                 s.timer.cancel()
                 s.timer = None
@@ -701,7 +703,7 @@ class MqttConnection(asyncio.Protocol):
             del self.door.clients[self.client_id]
         will, self.will = self.will, None
         if publish_will and will is not None and self.connected and not self.hub.shutting_down:
-            asyncio.get_running_loop().create_task(self._publish_will(will))
+            self._will_out(will)
         self._detach()
         if self.door.store is not None:
             self.door.store.flush_now()
@@ -733,7 +735,22 @@ class MqttConnection(asyncio.Protocol):
             store.mark(s)
             store.arm_expiry(s)
 
+    def _will_out(self, will) -> None:
+        """Publish the will now, or, with an MQTT 5 will delay and a session that
+        outlives this connection, when the delay passes or the session ends,
+        whichever is first; not at all if a connection resumes the session
+        before (``Session.pend_will``)."""
+        delay = will.properties.get("will_delay_interval", 0) if self.version == 5 else 0
+        s = self.session
+        if delay and s is not None and s.conn is self and s.expiry != 0:
+            loop = asyncio.get_running_loop()
+            s.pend_will(lambda: loop.create_task(self._publish_will(will)), delay)
+        else:
+            asyncio.get_running_loop().create_task(self._publish_will(will))
+
     async def _publish_will(self, will) -> None:
+        if self.hub.shutting_down:
+            return  # a delayed will whose time came during shutdown
         if self.principal is not None and not self.door.may(self, "WRITE", self.door.log_topic(will.topic)):
             log.info("mqtt %s (%s): will on %r denied to %s", self.peer, self.client_id, will.topic, self.principal)
             return

@@ -58,6 +58,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .codec import Subscription
@@ -102,6 +103,9 @@ class Session:
         self.written = False  # a record of it is in mqtt-sessions
         self.ended = False
         self.timer: asyncio.TimerHandle | None = None
+        # A will waiting for its delay (pend_will): publishes it when called.
+        self.will: Callable[[], Any] | None = None
+        self.will_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id!r} expiry={self.expiry} subs={list(self.subs)}>"
@@ -116,6 +120,29 @@ class Session:
             if self.next_id not in self.inflight:
                 return self.next_id
         raise RuntimeError("every packet id is in flight")
+
+    # --- a delayed will -------------------------------------------------------------------
+
+    def pend_will(self, publish: Callable[[], Any], delay_s: float) -> None:
+        """Hold the will of the connection that just ended: ``publish`` is called
+        after ``delay_s`` or when the session ends (``release_will``), whichever is
+        first, unless a connection resumes the session before (``cancel_will``).
+        Kept in memory only: a restart in between drops it."""
+        self.cancel_will()
+        self.will = publish
+        self.will_timer = asyncio.get_running_loop().call_later(delay_s, self.release_will)
+
+    def release_will(self) -> None:
+        publish = self.will
+        self.cancel_will()
+        if publish is not None:
+            publish()
+
+    def cancel_will(self) -> None:
+        self.will = None
+        if self.will_timer is not None:
+            self.will_timer.cancel()
+            self.will_timer = None
 
     # --- bytes -----------------------------------------------------------------------------
 
@@ -212,6 +239,7 @@ class SessionStore:
         if s.ended:
             return
         s.ended = True
+        s.release_will()  # the session ends before the will delay: the will goes now
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
