@@ -446,3 +446,62 @@ def batch_to_legacy(
     snappy and lz4 batches become one compressed message each (zstd: sent
     uncompressed); whole messages up to max_bytes, the first one always when
     at_least_one."""
+
+# --- share groups' per-record paths (umlog/delivery/group.py and state.py) ---
+
+class ShareEntry:
+    """One fetched offset's state in a share-group window (``state.Entry``):
+    state, count, aux durable; deadline and owner (the lock) in memory only."""
+    state: int
+    count: int
+    aux: int
+    deadline: float
+    owner: Any
+    def __init__(self, state: int, count: int, aux: int = 0) -> None: ...
+
+class ShareRecord:
+    """A record handed out by a share group's ``acquire``: the log's record plus
+    where it is from and how many times it has been handed out (1 the first time)."""
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+    topic: str
+    partition: int
+    delivery_count: int
+    def __init__(self, r: Any, topic: str, partition: int, delivery_count: int) -> None: ...
+
+def share_take_fresh(fresh: list[Record], entries: dict[int, ShareEntry], handle: Any, deadline: float, topic: str,
+                     partition: int, limit: int, why_dead: Callable[[Record, int, int], str | None], now_w: int,
+                     out: list[ShareRecord], dead: list, window: Any) -> int:
+    """Lock never-delivered records to ``handle`` (a new ACQUIRED entry each, below
+    ``limit``; TTL-dead ones to ``dead``): the offset after the last taken, or -1."""
+
+def share_ack(records: list, handle: Any, windows: dict, now_m: float) -> set | None:
+    """ACKED for every record if each is held by ``handle``: the windows changed,
+    or None (nothing changed) if one is not held."""
+
+def share_scan_window(entries: dict[int, ShareEntry], now_m: float, now_w: int) -> tuple[list[int], list[int]]:
+    """(offsets available now, offsets whose lock expired) of one window."""
+
+def share_advance(entries: dict[int, ShareEntry], start: int, end: int) -> int:
+    """A window's new start past its done head (those entries removed)."""
+
+def share_encode_window(version: int, start: int, end: int, entries: dict[int, ShareEntry]) -> bytes:
+    """A window's state value bytes (``state.encode_window``)."""
+
+# --- the MQTT door's message path (umlog/server/mqtt/codec.py is the reference) ---
+
+def mqtt_scan(buf: Buffer, pos: int, version: int, max_packet_size: int, out: list, publish_cls: type,
+              puback_cls: type) -> int:
+    """Decode the run of plain PUBLISH and PUBACK packets at ``buf[pos:]`` into
+    ``out`` (instances of the two classes, slots set as the codec's decoder
+    would); the position after the last one taken. Stops without raising at a
+    partial packet, one over ``max_packet_size``, another type, MQTT 5
+    properties or reason codes, or anything malformed."""
+
+def mqtt_publish_frame(topic: str, payload: Buffer, flags: int, packet_id: int, props: bytes) -> bytes:
+    """The bytes of one PUBLISH: ``flags`` = DUP << 3 | QoS << 1 | RETAIN, the
+    packet id left out at QoS 0, ``props`` already encoded (b"" in 3.1.1).
+    ValueError for a topic over 65,535 bytes or a QoS >= 1 without a packet id."""

@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from .._native.core import ShareRecord, share_ack, share_scan_window, share_take_fresh
 from ..errors import OffsetOutOfRangeError, TopicExistsError, UmlogError, UnknownTopicError
 from .state import ACKED, ACQUIRED, ARCHIVED, AVAILABLE, DEAD_PENDING, DONE, Entry, Window, decode_window, encode_window
 from .store import ShareStateStore
@@ -76,25 +77,8 @@ class InvalidRecordStateError(UmlogError):
     acquired by it, already settled, redelivered since, or its lock expired."""
 
 
-class ShareRecord:
-    """A record handed out by ``acquire``: the log's record plus where it is from
-    and how many times it has been handed out (1 the first time)."""
-
-    __slots__ = ("offset", "timestamp", "key", "value", "headers", "topic", "partition", "delivery_count")
-
-    def __init__(self, r, topic: str, partition: int, delivery_count: int) -> None:
-        self.offset = r.offset
-        self.timestamp = r.timestamp
-        self.key = r.key
-        self.value = r.value
-        self.headers = r.headers
-        self.topic = topic
-        self.partition = partition
-        self.delivery_count = delivery_count
-
-    def __repr__(self) -> str:
-        return (f"<ShareRecord {self.topic}-{self.partition}@{self.offset} "
-                f"delivery {self.delivery_count} value={self.value!r:.40}>")
+# ShareRecord (native): a record handed out by ``acquire``, the log's record plus
+# where it is from and how many times it has been handed out (1 the first time).
 
 
 def ttl_deadline_ms(r) -> int | None:
@@ -329,23 +313,12 @@ class _Core:
                     fresh = list(p.read(w.end, max_records=min(need, room)))
                 except OffsetOutOfRangeError:  # retention ran meanwhile: next call
                     fresh = []
-                limit = w.start + self.max_in_flight
-                entries, deadline = w.entries, now_m + self.lock_ms / 1000
-                topic, index = w.topic, w.partition
-                for r in fresh:  # the hot path: _lock_entry and _why_dead inlined
-                    o = r.offset
-                    if o >= limit:
-                        break
+                # the hot path: one native call locks the batch (_lock_entry and _why_dead inlined)
+                end = share_take_fresh(fresh, w.entries, handle, now_m + self.lock_ms / 1000, w.topic, w.partition,
+                                       w.start + self.max_in_flight, self._why_dead, now_w, out, dead, w)
+                if end >= 0:
+                    w.end = end
                     dirty.add(w)
-                    w.end = o + 1
-                    e = entries[o] = Entry(ACQUIRED, 1)
-                    why = self._why_dead(r, 1, now_w) if r.headers else None  # a first delivery dies of a TTL only
-                    if why:
-                        e.state, e.count = AVAILABLE, 0
-                        dead.append((w, o, r, why))
-                        continue
-                    e.owner, e.deadline = handle, deadline
-                    out.append(ShareRecord(r, topic, index, 1))
         self._commit(dirty, dead)
         # when to look again matters only to a caller that got nothing (it waits)
         return out, bool(dead), None if out else self._next_due_s(now_m, now_w)
@@ -368,17 +341,14 @@ class _Core:
     def _expire(self, w: Window, now_m: float, now_w: int, dirty: set, dead: list) -> list[int]:
         """Expired locks back to available (or dead); returns the offsets available
         now (one pass over the window)."""
-        ready = []
-        for o, e in w.entries.items():
-            st = e.state
-            if st == ACQUIRED:
-                if e.deadline > now_m:
-                    continue
-                dirty.add(w)
+        ready, expired = share_scan_window(w.entries, now_m, now_w)
+        if expired:
+            dirty.add(w)
+            for o in expired:
+                e = w.entries[o]
                 self._fail(w, o, e, now_w, None, dead, "lock expired")
-                st = e.state
-            if st == AVAILABLE and e.aux <= now_w:
-                ready.append(o)
+                if e.state == AVAILABLE and e.aux <= now_w:
+                    ready.append(o)
         return ready
 
     def _fail(self, w: Window, o: int, e: Entry, now_w: int, delay_ms: int | None, dead: list, how: str) -> None:
@@ -457,11 +427,14 @@ class _Core:
         return out
 
     def ack(self, handle, records) -> None:
+        records = [records] if isinstance(records, ShareRecord) else list(records)
         with self._lock:
-            held = self._held(handle, records, self._mono())
-            for _, _, e in held:
-                e.state, e.owner = ACKED, None
-            self._commit({w for w, _, _ in held}, [])
+            now_m = self._mono()
+            dirty = share_ack(records, handle, self._windows, now_m)  # validated whole, then all acked
+            if dirty is None:
+                self._held(handle, records, now_m)  # raises: says which record is not held, and why
+                raise AssertionError("share_ack refused records that _held accepts")
+            self._commit(dirty, [])
 
     def release(self, handle, records, delay_ms: int | None) -> None:
         if delay_ms is not None and (not isinstance(delay_ms, int) or delay_ms < 0):

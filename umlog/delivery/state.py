@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import struct
 
+from .._native.core import ShareEntry, share_advance, share_encode_window
 from ..errors import DecodeError
 
 __all__ = ["AVAILABLE", "ACQUIRED", "ACKED", "ARCHIVED", "DEAD_PENDING", "STATE_NAMES", "Entry", "Window",
@@ -88,20 +89,10 @@ _head = struct.Struct(">hqqi")
 _entry = struct.Struct(">IbHq")
 
 
-class Entry:
-    """One fetched offset's state. ``deadline`` and ``owner`` (the lock) are in memory only."""
-
-    __slots__ = ("state", "count", "aux", "deadline", "owner")
-
-    def __init__(self, state: int, count: int, aux: int = 0) -> None:
-        self.state = state
-        self.count = count
-        self.aux = aux
-        self.deadline = 0.0
-        self.owner = None
-
-    def __repr__(self) -> str:
-        return f"Entry({STATE_NAMES[self.state]}, count={self.count}, aux={self.aux})"
+# One fetched offset's state: ``state``, ``count``, ``aux`` (durable) and the lock,
+# ``deadline`` and ``owner`` (in memory only). Native: a window holds thousands,
+# created and touched on every acquire and ack.
+Entry = ShareEntry
 
 
 class Window:
@@ -127,14 +118,7 @@ class Window:
 
     def advance(self) -> bool:
         """Move ``start`` past the done entries and gaps at its head; True if it moved."""
-        s, entries = self.start, self.entries
-        while s < self.end:
-            e = entries.get(s)
-            if e is not None:
-                if e.state not in DONE:
-                    break
-                del entries[s]
-            s += 1
+        s = share_advance(self.entries, self.start, self.end)
         moved = s != self.start
         self.start = s
         return moved
@@ -178,12 +162,8 @@ def decode_key(buf: bytes) -> tuple[str, str, int]:
 
 
 def encode_window(w: Window) -> bytes:
-    items = sorted(w.entries.items())
-    parts = [_head.pack(VALUE_VERSION, w.start, w.end, len(items))]
-    for o, e in items:
-        # Lock owners and deadlines are not state (see the module docstring).
-        parts.append(_entry.pack(o - w.start, e.state, min(e.count, 0xFFFF), e.aux))
-    return b"".join(parts)
+    # Lock owners and deadlines are not state (see the module docstring).
+    return share_encode_window(VALUE_VERSION, w.start, w.end, w.entries)
 
 
 def decode_window(topic: str, partition: int, buf: bytes) -> Window:
