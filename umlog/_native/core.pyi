@@ -447,6 +447,29 @@ def batch_to_legacy(
     uncompressed); whole messages up to max_bytes, the first one always when
     at_least_one."""
 
+# --- the AMQP door's message path (umlog/server/amqp/codec.py has the mapping) ---
+
+def amqp_content_frames(channel: int, headers: Iterable[tuple[str, bytes | None]], body: Buffer | None,
+                        frame_max: int, extra_table: bytes = b"") -> bytes:
+    """The content header frame and body frames of one message, as one bytes."""
+
+def amqp_deliver_frames(records: list, channel: int, consumer_tag: bytes, first_tag: int, frame_max: int,
+                        exchange_names: dict[str, bytes]) -> bytes:
+    """basic.deliver, content header and body frames of share-group records, with
+    delivery tags from ``first_tag`` on, as one bytes. ``exchange_names`` maps a
+    record's topic to its exchange name (bytes); names not in it are the topic's."""
+
+def amqp_parse_properties(payload: Buffer) -> tuple[int, list[tuple[str, bytes]], bytes | None]:
+    """A content-header frame's payload -> (body size, record headers, headers
+    table bytes or None: the caller checks that table). ValueError when it is
+    not one."""
+
+def amqp_scan_publishes(buf: Buffer, pos: int, end: int, channel: int, frame_max: int,
+                        max_size: int) -> tuple[list[tuple[bytes, bytes, int, list, bytes | None, bytes]], int]:
+    """Whole basic.publish messages on ``channel`` from ``pos`` on, up to the first
+    frame that is anything else or not all there: ([(exchange, routing key,
+    publish bits, record headers, headers table or None, body)], position after them)."""
+
 # --- share groups' per-record paths (umlog/delivery/group.py and state.py) ---
 
 class ShareEntry:

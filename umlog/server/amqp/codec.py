@@ -2,8 +2,11 @@
 
 ``pamqp`` decodes the client's methods and encodes the server's; the few
 methods on the message path (basic.publish and basic.ack in, basic.deliver,
-basic.get-ok, basic.return and basic.ack out) are packed here by hand, and so
-are content headers, because their properties must come back byte for byte.
+basic.get-ok, basic.return and basic.ack out) are packed by hand, and so are
+content headers, because their properties must come back byte for byte. What
+is done per message (reading runs of basic.publish frames, writing runs of
+basic.deliver frames, content properties both ways) is native:
+``umlog/_native/amqp.pyx``, one call per run of messages.
 
 Properties as record headers
 ----------------------------
@@ -41,7 +44,9 @@ import struct
 from pamqp import decode as pdecode
 from pamqp import encode as pencode
 
-__all__ = ["PROTOCOL_HEADER", "FRAME_END", "parse_properties", "build_properties", "content_frames",
+from umlog._native.core import amqp_content_frames, amqp_parse_properties
+
+__all__ = ["PROTOCOL_HEADER", "FRAME_END", "parse_properties", "check_table", "content_frames",
            "deliver_method", "get_ok_method", "return_method", "ack_method", "topic_regex", "headers_match",
            "record_table", "add_death", "PROP_HEADERS"]
 
@@ -54,8 +59,6 @@ _frame_head = struct.Struct(">BHI")
 _H = struct.Struct(">H")
 _I = struct.Struct(">I")
 _Q = struct.Struct(">Q")
-_HH = struct.Struct(">HH")
-_content_head = struct.Struct(">HHQH")
 
 # (record header, kind) in property-flag order (bit 15 first). Kinds: s shortstr,
 # t table, o octet, q timestamp (long long).
@@ -81,117 +84,31 @@ def _shortstr(b: bytes) -> bytes:
 
 
 # --- content headers ------------------------------------------------------------------------------
+# The per-message work is native (umlog/_native/amqp.pyx, with the same property table).
 
 def parse_properties(payload: bytes | memoryview) -> tuple[int, list[tuple[str, bytes]]]:
     """A content-header frame's payload -> (body size, record headers)."""
     try:
-        class_id, _weight, size, flags = _content_head.unpack_from(payload, 0)
-    except struct.error:
-        raise FrameError("content header too short") from None
-    if class_id != 60:
-        raise FrameError(f"content header of class {class_id}")
-    pos = 14
-    headers = []
-    bit = 15
-    try:
-        while flags and bit >= 0:
-            if bit == 0:  # the continuation flag: more flag words (none are defined in 0-9-1)
-                if flags & 1:
-                    raise FrameError("property flags continue past the defined properties")
-                break
-            if flags & (1 << bit):
-                i = 15 - bit
-                if i >= len(PROP_HEADERS):
-                    raise FrameError("an undefined property flag is set")
-                name, kind = PROP_HEADERS[i]
-                if kind == "s":
-                    n = payload[pos]
-                    v = bytes(payload[pos + 1:pos + 1 + n])
-                    if len(v) != n:
-                        raise FrameError("property runs past the frame")
-                    pos += 1 + n
-                elif kind == "t":
-                    (n,) = _I.unpack_from(payload, pos)
-                    v = bytes(payload[pos + 4:pos + 4 + n])
-                    if len(v) != n:
-                        raise FrameError("headers table runs past the frame")
-                    _check_table(v)
-                    pos += 4 + n
-                elif kind == "o":
-                    v = b"%d" % payload[pos]
-                    pos += 1
-                else:
-                    (t,) = _Q.unpack_from(payload, pos)
-                    v = b"%d" % t
-                    pos += 8
-                headers.append((name, v))
-            bit -= 1
-    except (IndexError, struct.error):
-        raise FrameError("content properties run past the frame") from None
+        size, headers, table = amqp_parse_properties(payload)
+    except ValueError as e:
+        raise FrameError(str(e)) from None
+    if table is not None:
+        check_table(table)
     return size, headers
 
 
-def _check_table(raw: bytes) -> None:
+def check_table(raw: bytes) -> None:
+    """A headers table (without its length prefix) must decode: it is stored as sent."""
     try:
         pdecode.field_table(_I.pack(len(raw)) + raw)
     except Exception as e:  # pamqp raises ValueError/struct.error/... on garbage
         raise FrameError(f"bad headers table: {e}") from None
 
 
-def build_properties(headers, extra_table: bytes = b"") -> bytes:
-    """Record headers -> the flags and property list of a content header
-    (``extra_table``: encoded entries added to the headers table)."""
-    slots: list = [None] * len(PROP_HEADERS)
-    extra = []
-    for k, v in headers:
-        i = _PROP_INDEX.get(k)
-        if i is not None:
-            slots[i] = b"" if v is None else bytes(v)
-        elif k not in HIDDEN:
-            extra.append((k, v))
-    if extra or extra_table:
-        table = bytearray(slots[2] or b"")
-        table += extra_table
-        for k, v in extra:
-            kb = k.encode("utf-8", "replace")[:255]
-            vb = b"" if v is None else bytes(v)
-            table += _shortstr(kb) + b"S" + _I.pack(len(vb)) + vb
-        slots[2] = bytes(table)
-    flags = 0
-    out = bytearray(2)
-    for i, v in enumerate(slots):
-        if v is None:
-            continue
-        kind = PROP_HEADERS[i][1]
-        if kind == "s":
-            out += _shortstr(v)
-        elif kind == "t":
-            out += _I.pack(len(v)) + v
-        elif kind == "o":
-            try:
-                out.append(int(v) & 0xFF)
-            except ValueError:
-                continue
-        else:
-            try:
-                out += _Q.pack(int(v) & 0xFFFFFFFFFFFFFFFF)
-            except ValueError:
-                continue
-        flags |= 1 << (15 - i)
-    _H.pack_into(out, 0, flags)
-    return bytes(out)
-
-
-def content_frames(channel: int, props: bytes, body: bytes, frame_max: int) -> list[bytes]:
-    """The header frame and the body frames (split to ``frame_max``) of one message."""
-    head = b"\x00\x3c\x00\x00" + _Q.pack(len(body)) + props
-    frames = [_frame_head.pack(FRAME_HEADER, channel, len(head)) + head + b"\xce"]
-    step = frame_max - 8
-    mv = memoryview(body)
-    for i in range(0, len(body), step):
-        chunk = mv[i:i + step]
-        frames.append(_frame_head.pack(FRAME_BODY, channel, len(chunk)) + bytes(chunk) + b"\xce")
-    return frames
+def content_frames(channel: int, headers, body: bytes, frame_max: int, extra_table: bytes = b"") -> bytes:
+    """The header frame and the body frames (split to ``frame_max``) of one message
+    from its record headers (``extra_table``: encoded entries added to its headers table)."""
+    return amqp_content_frames(channel, headers, b"" if body is None else body, frame_max, extra_table)
 
 
 def method_frame(channel: int, payload: bytes) -> bytes:

@@ -23,6 +23,8 @@ from pamqp import commands as cmd
 from pamqp import encode as pencode
 from pamqp import frame as pframe
 
+from umlog._native.core import amqp_deliver_frames, amqp_scan_publishes
+
 from .codec import (
     FRAME_BODY,
     FRAME_HEADER,
@@ -32,7 +34,7 @@ from .codec import (
     PROTOCOL_HEADER,
     FrameError,
     ack_method,
-    build_properties,
+    check_table,
     content_frames,
     deliver_method,
     get_ok_method,
@@ -53,6 +55,7 @@ from .door import (
     q_touch,
 )
 from .queues import Consumer, exchange_of_topic
+from .settings import DEFAULT_EXCHANGE_TOPIC
 
 __all__ = ["AmqpConnection"]
 
@@ -63,6 +66,9 @@ CONNECTION_FORCED, NO_ROUTE = 320, 312
 _head = struct.Struct(">BHI")
 _method_id = struct.Struct(">HH")
 PUBLISH, ACK = (60, 40), (60, 80)
+PUBLISH_ID = b"\x00\x3c\x00\x28"
+# the exchange name of a record's topic, as basic.deliver carries it
+EXCHANGE_NAMES: dict[str, bytes] = {DEFAULT_EXCHANGE_TOPIC: b""}
 _WRITE_HIGH = 4 * 1024 * 1024  # deliveries wait while this much is unsent to the client
 CAPABILITIES = {"publisher_confirms": True, "exchange_exchange_bindings": False, "basic.nack": True,
                 "consumer_cancel_notify": True, "connection.blocked": True, "consumer_priorities": False,
@@ -111,7 +117,6 @@ class Channel:
             extra = pencode.field_table({"x-stream-offset": rec.offset})[4:]
         elif rec.delivery_count > 1 and q is not None and q.kind == "quorum":
             extra = pencode.field_table({"x-delivery-count": rec.delivery_count - 1})[4:]
-        props = build_properties(rec.headers, extra)
         key = b"" if rec.key is None else bytes(rec.key)
         exchange = exchange_of_topic(rec.topic).encode()
         redelivered = rec.delivery_count > 1
@@ -125,9 +130,25 @@ class Channel:
                 consumer.unacked += 1
         conn = self.conn
         conn.write(method_frame(self.number, m))
-        value = b"" if rec.value is None else rec.value
-        for f in content_frames(self.number, props, value, conn.frame_max):
-            conn.write(f)
+        conn.write(content_frames(self.number, rec.headers, rec.value, conn.frame_max, extra))
+
+    def deliver_many(self, c: Consumer, recs: list) -> None:
+        """basic.deliver of records ``c``'s handle acquired, as one run of frames
+        built natively (a stream or quorum queue adds a header per message: one by one)."""
+        q = c.queue
+        if q.stream or q.kind == "quorum":
+            for rec in recs:
+                self.deliver(c, rec, c.handle)
+            return
+        first = self.next_tag + 1
+        self.next_tag += len(recs)
+        if not c.no_ack:
+            un, h = self.unacked, c.handle
+            for tag, rec in enumerate(recs, first):
+                un[tag] = (c, h, rec, q)
+            c.unacked += len(recs)
+        conn = self.conn
+        conn.write(amqp_deliver_frames(recs, self.number, c.tag_bytes, first, conn.frame_max, EXCHANGE_NAMES))
 
     def cancelled_by_server(self, c: Consumer) -> None:
         """The queue went away: tell the client (consumer_cancel_notify)."""
@@ -162,6 +183,7 @@ class AmqpConnection(asyncio.Protocol):
         self.published = False
         self.blocked_sent = False
         self._out: list[bytes] = []
+        self._batch: list[tuple] = []  # publishes read and not appended yet: (channel, exchange, key, ...)
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._confirming = 0
@@ -207,6 +229,18 @@ class AmqpConnection(asyncio.Protocol):
         n = len(buf)
         try:
             while n - pos >= 7 and not self.closed:
+                if buf[pos] == FRAME_METHOD and self.state == "opened" and not self.closing:
+                    chan = self.channels.get((buf[pos + 1] << 8) | buf[pos + 2])
+                    if chan is not None and not chan.closing and chan.content is None \
+                            and buf[pos + 7:pos + 11] == PUBLISH_ID:
+                        pubs, after = amqp_scan_publishes(buf, pos, n, chan.number, self.frame_max,
+                                                          self.door.max_message_size)
+                        if pubs:
+                            pos = after
+                            self._publishes(chan, pubs)
+                            continue
+                if self._batch:
+                    self._append_batch()  # what was published goes before whatever comes next
                 ftype, ch, size = _head.unpack_from(buf, pos)
                 if size + 8 > self.frame_max:
                     raise AmqpError(FRAME_ERROR, f"FRAME_ERROR - frame size {size + 8} larger than frame_max "
@@ -223,6 +257,8 @@ class AmqpConnection(asyncio.Protocol):
                         self._closing_method(payload)
                     continue
                 self._frame(ftype, ch, payload)
+            if self._batch:
+                self._append_batch()
         except AmqpError as e:
             self.connection_error(e)
         except FrameError as e:
@@ -231,6 +267,12 @@ class AmqpConnection(asyncio.Protocol):
             log.exception("amqp %s: internal error; closing connection", self.peer)
             self.connection_error(AmqpError(541, "INTERNAL_ERROR", hard=True))
         del buf[:pos]
+        if self._batch:  # publishes read before an error are kept, as they were read
+            try:
+                self._append_batch()
+            except Exception:
+                log.exception("amqp %s: appending publishes failed; closing connection", self.peer)
+                self.connection_error(AmqpError(541, "INTERNAL_ERROR", hard=True))
         self._after_frames()
         self.flush()
 
@@ -392,7 +434,7 @@ class AmqpConnection(asyncio.Protocol):
                                        f"{size} is larger than the configured max size "
                                        f"{self.door.max_message_size}"), PUBLISH)
                     return
-                c[3], c[4], c[5] = headers, payload[12:], size
+                c[3], c[5] = headers, size
             else:
                 if c[5] is None:
                     raise AmqpError(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - body frame before the content header",
@@ -404,12 +446,7 @@ class AmqpConnection(asyncio.Protocol):
             if c[7] == c[5]:
                 chan.content = None
                 body = c[6][0] if len(c[6]) == 1 else b"".join(c[6])
-                try:
-                    self._publish(chan, c[0], c[1], c[2], c[3], c[4], body)
-                except AmqpError as e:
-                    if e.hard:
-                        raise
-                    self.channel_error(chan, e, PUBLISH)
+                self._publish(chan, c[0], c[1], c[2], c[3], body)
             return
         raise AmqpError(FRAME_ERROR, f"FRAME_ERROR - unknown frame type {ftype}", hard=True)
 
@@ -544,12 +581,7 @@ class AmqpConnection(asyncio.Protocol):
                 exchange, key, mandatory, immediate = parse_publish(payload)
             except (IndexError, struct.error):
                 raise AmqpError(SYNTAX_ERROR, "SYNTAX_ERROR - bad basic.publish", hard=True) from None
-            if immediate:
-                raise AmqpError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true", hard=True)
-            e = door.exchange(exchange)
-            if e.internal:
-                raise AmqpError(ACCESS_REFUSED, f"ACCESS_REFUSED - cannot publish to internal exchange '{exchange}'")
-            door.authorize(self.principal, "WRITE", "TOPIC", e.topic, self.peer)
+            e = self._publish_exchange(exchange, immediate)
             ch.content = [e, key, mandatory, None, None, None, [], 0]
             return
         if mid == ACK:
@@ -658,27 +690,77 @@ class AmqpConnection(asyncio.Protocol):
 
     # --- publishing --------------------------------------------------------------------------------
 
-    def _publish(self, ch: Channel, e, key: bytes, mandatory: bool, headers, props: bytes, body: bytes) -> None:
+    def _publish_exchange(self, exchange: str, immediate: bool):
+        """The exchange a basic.publish names, if this connection may publish to it."""
+        if immediate:
+            raise AmqpError(NOT_IMPLEMENTED, "NOT_IMPLEMENTED - immediate=true", hard=True)
         door = self.door
+        e = door.exchange(exchange)
+        if e.internal:
+            raise AmqpError(ACCESS_REFUSED, f"ACCESS_REFUSED - cannot publish to internal exchange '{exchange}'")
+        door.authorize(self.principal, "WRITE", "TOPIC", e.topic, self.peer)
+        return e
+
+    def _publishes(self, ch: Channel, pubs: list) -> None:
+        """Whole messages read in one run on channel ``ch`` (``amqp_scan_publishes``)."""
+        last = None
+        for exchange, key, bits, headers, table, body in pubs:
+            if ch.closing:
+                return  # a publish before failed: the channel ignores the rest
+            if table is not None:
+                check_table(table)
+            if exchange != last:
+                try:
+                    e = self._publish_exchange(exchange.decode("utf-8", "replace"), bool(bits & 2))
+                except AmqpError as err:
+                    if err.hard:
+                        raise
+                    self.channel_error(ch, err, PUBLISH)
+                    return
+                last = exchange
+            self._publish(ch, e, key, bool(bits & 1), headers, body)
+
+    def _publish(self, ch: Channel, e, key: bytes, mandatory: bool, headers, body: bytes) -> None:
         self.published = True
-        t = door._ensure_topic(e.topic)
-        md = t.append(body, key=key, headers=headers)
+        self._batch.append((ch, e, key, mandatory, headers, body))
         if ch.confirm:
             ch.seq += 1
-            ch.pending[t.partition(md.partition)] = md.offset + 1
-        if mandatory and not door.routed_anywhere(e, key, headers):
-            self.write(method_frame(ch.number, return_method(NO_ROUTE, "NO_ROUTE", e.name.encode(), key)))
-            for f in content_frames(ch.number, props, body, self.frame_max):
-                self.write(f)
+
+    def _append_batch(self) -> None:
+        """Append the publishes read so far: one append_many (one batch written) per
+        exchange topic, then the returns of mandatory ones no queue took."""
+        batch, self._batch = self._batch, []
+        door = self.door
+        by_topic: dict[str, list] = {}
+        for b in batch:
+            by_topic.setdefault(b[1].topic, []).append(b)
+        for topic, pubs in by_topic.items():
+            t = door._ensure_topic(topic)
+            values, keys, headers = [b[5] for b in pubs], [b[2] for b in pubs], [b[4] for b in pubs]
+            if t.num_partitions == 1:
+                p = t.partitions[0]
+                end = t.append_many(values, keys, headers, partition=0).stop
+                for ch in {b[0] for b in pubs}:
+                    if ch.confirm:
+                        ch.pending[p] = end
+            else:  # a topic made with more partitions elsewhere: routed by key, as any append
+                for b, (i, o) in zip(pubs, t.append_many(values, keys, headers)):
+                    ch = b[0]
+                    if ch.confirm:
+                        p = t.partitions[i]
+                        ch.pending[p] = max(ch.pending.get(p, 0), o + 1)
+        for ch, e, key, mandatory, headers, body in batch:
+            if mandatory and not door.routed_anywhere(e, key, headers):
+                self.write(method_frame(ch.number, return_method(NO_ROUTE, "NO_ROUTE", e.name.encode(), key)))
+                self.write(content_frames(ch.number, headers, body, self.frame_max))
 
     def _after_frames(self) -> None:
-        """Publishes of this read that wait for a confirm: seal them (written, so a
-        SIGKILL cannot lose what is confirmed) and confirm once durable."""
+        """Publishes of this read that wait for a confirm (appended as whole
+        batches, so written: a SIGKILL cannot lose what is confirmed): confirm
+        them once durable."""
         for ch in self.channels.values():
             if ch.pending:
                 pending, ch.pending = ch.pending, {}
-                for p in pending:
-                    p.seal()
                 prev = ch.confirm_task
                 self._confirming += 1
                 ch.confirm_task = asyncio.get_running_loop().create_task(self._confirm(ch, prev, pending, ch.seq))
@@ -766,16 +848,20 @@ class AmqpConnection(asyncio.Protocol):
         """ack / requeue / reject one delivery, or every one up to ``tag`` (0: all)."""
         un = ch.unacked
         if multiple:
-            tags = [t for t in un if tag == 0 or t <= tag]
+            # tags are handed out in order, so those up to ``tag`` are the oldest entries
+            entries = []
+            while un:
+                t = next(iter(un))
+                if tag and t > tag:
+                    break
+                entries.append(un.popitem(last=False)[1])
         else:
             if tag not in un:
                 raise AmqpError(PRECONDITION_FAILED, f"PRECONDITION_FAILED - unknown delivery tag {tag}")
-            tags = [tag]
+            entries = [un.pop(tag)]
         by_handle: dict = {}
         queues = set()
-        for t in tags:
-            entry = un.pop(t)
-            c, handle, rec, q = entry
+        for c, handle, rec, q in entries:
             if c is not None:
                 c.unacked -= 1
             queues.add(q)
