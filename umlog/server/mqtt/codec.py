@@ -40,11 +40,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
+from umlog._native.core import mqtt_publish_frame, mqtt_scan
+
 __all__ = [
     "MQTTError", "MalformedPacket", "ProtocolError", "PacketTooLarge", "UnsupportedProtocolVersion",
     "Connect", "Will", "Connack", "Publish", "PubAck", "PubRec", "PubRel", "PubComp", "Subscribe",
     "Subscription", "Suback", "Unsubscribe", "Unsuback", "PingReq", "PingResp", "Disconnect", "Auth",
-    "PacketReader", "encode", "decode_packet", "check_topic_name", "check_topic_filter", "topic_matches",
+    "PacketReader", "encode", "encode_ack", "encode_publish", "decode_packet", "check_topic_name",
+    "check_topic_filter", "topic_matches",
     "parse_shared", "MAX_PACKET_SIZE",
 ]
 
@@ -630,11 +633,18 @@ class PacketReader:
         return len(self._buf)
 
     def packets(self) -> Iterator:
-        """Every whole packet buffered so far, in order; stops at a partial one."""
+        """Every whole packet buffered so far, in order; stops at a partial one.
+
+        Runs of plain PUBLISH and PUBACK packets are decoded natively
+        (``mqtt_scan``, one call per run); it leaves every other packet, and
+        any it is unsure of, to the decoder here, which raises the errors."""
         buf = self._buf
         pos = 0
         try:
             while True:
+                run: list = []
+                pos = mqtt_scan(buf, pos, self.version, self.max_packet_size, run, Publish, PubAck)
+                yield from run
                 n = len(buf) - pos
                 if n < 2:
                     return
@@ -681,6 +691,23 @@ def _frame(first: int, body: bytes) -> bytes:
     return bytes([first]) + encode_varint(len(body)) + body
 
 
+def encode_publish(topic: str, payload, qos: int = 0, retain: bool = False, dup: bool = False,
+                   packet_id: int | None = None, properties: dict | None = None, version: int = 4) -> bytes:
+    """The bytes of a PUBLISH, without making a ``Publish`` first (the fan-out
+    encodes one per message it delivers, natively)."""
+    props = encode_properties(properties) if version == 5 else b""
+    return mqtt_publish_frame(topic, payload, (dup << 3) | (qos << 1) | int(retain), packet_id or 0, props)
+
+
+def encode_ack(ptype: int, packet_id: int) -> bytes:
+    """A PUBACK, PUBREC, PUBREL or PUBCOMP with reason 0 and no properties: the
+    same four bytes in 3.1.1 and 5.0 (the answer to most PUBLISHes)."""
+    return _ACK_FIRST[ptype] + _u16.pack(packet_id)
+
+
+_ACK_FIRST = {t: bytes([(t << 4) | _FLAGS[t], 2]) for t in (PUBACK, PUBREC, PUBREL, PUBCOMP)}
+
+
 def _props(p, version: int) -> bytes:
     return encode_properties(p.properties) if version == 5 else b""
 
@@ -689,10 +716,7 @@ def encode(p, version: int = 4) -> bytes:
     """The bytes of packet ``p`` in MQTT ``version`` (4 = 3.1.1, 5 = 5.0)."""
     t = p.type
     if t == PUBLISH:
-        if p.qos and not p.packet_id:
-            raise ValueError("a QoS 1 or 2 PUBLISH needs a packet id")
-        body = _utf8(p.topic) + (_u16.pack(p.packet_id) if p.qos else b"") + _props(p, version) + bytes(p.payload)
-        return _frame(0x30 | (p.dup << 3) | (p.qos << 1) | int(p.retain), body)
+        return encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id, p.properties, version)
     if t == CONNACK:
         return _frame(0x20, bytes([int(p.session_present), p.reason]) + _props(p, version))
     if t in (PUBACK, PUBREC, PUBREL, PUBCOMP):
