@@ -528,18 +528,3 @@ def mqtt_publish_frame(topic: str, payload: Buffer, flags: int, packet_id: int, 
     """The bytes of one PUBLISH: ``flags`` = DUP << 3 | QoS << 1 | RETAIN, the
     packet id left out at QoS 0, ``props`` already encoded (b"" in 3.1.1).
     ValueError for a topic over 65,535 bytes or a QoS >= 1 without a packet id."""
-
-# --- the MQTT door's message path (umlog/server/mqtt/codec.py is the reference) ---
-
-def mqtt_scan(buf: Buffer, pos: int, version: int, max_packet_size: int, out: list, publish_cls: type,
-              puback_cls: type) -> int:
-    """Decode the run of plain PUBLISH and PUBACK packets at ``buf[pos:]`` into
-    ``out`` (instances of the two classes, slots set as the codec's decoder
-    would); the position after the last one taken. Stops without raising at a
-    partial packet, one over ``max_packet_size``, another type, MQTT 5
-    properties or reason codes, or anything malformed."""
-
-def mqtt_publish_frame(topic: str, payload: Buffer, flags: int, packet_id: int, props: bytes) -> bytes:
-    """The bytes of one PUBLISH: ``flags`` = DUP << 3 | QoS << 1 | RETAIN, the
-    packet id left out at QoS 0, ``props`` already encoded (b"" in 3.1.1).
-    ValueError for a topic over 65,535 bytes or a QoS >= 1 without a packet id."""
