@@ -20,6 +20,10 @@ the cycles the data dir is opened and left to deliver everything due:
   be before the due time its value carries;
 * the index holds nothing once everything is due.
 
+The same through ``umlog serve --fsync always`` and a confluent-kafka
+idempotent producer (``-m slow``: a server takes 10 s or more to start on
+the mount).
+
 Share groups. A topic of 600 records; a process appends a record, acquires
 up to 20, acknowledges most, releases some (at once) and rejects a few to the
 dead-letter topic, reporting each call when it returns, in a loop; the power
@@ -222,6 +226,105 @@ def test_delayed_delivery_power_loss_long(disk, tmp_path, seed):  # noqa: F811
     r = run_delay_cycles(disk, tmp_path, seed=10 + seed, cycles=6, min_acks=5, max_acks=600, max_idle_s=4.0)
     print(r)
 
+
+class DelayProducer(threading.Thread):
+    """A confluent-kafka idempotent producer (acks=all) of delayed and plain records to ``t``; every delivery
+    report that came back without an error is an acknowledgement line (``A d<n> <due>`` or ``A p<n>``)."""
+
+    def __init__(self, bootstrap: str, seed: int, start: int, rate: int = 400) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import Producer
+
+        self.rnd = random.Random(seed)
+        self.n = start
+        self.rate = rate
+        self.lines: list[str] = []
+        self.stop_event = threading.Event()
+        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                           "linger.ms": 5, "message.timeout.ms": 120_000, "retry.backoff.ms": 50,
+                           "reconnect.backoff.ms": 50, "reconnect.backoff.max.ms": 500, "log_level": 2})
+
+    def _report(self, err, msg) -> None:
+        if err is None:
+            v = msg.value().decode()
+            self.lines.append("A " + v)
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_event.is_set():
+            n = self.n
+            self.n += 1
+            if self.rnd.random() < 0.2:
+                self.p.produce("t", b"p%d" % n, partition=n % 2, on_delivery=self._report)
+            else:
+                due = int(time.time() * 1000) + self.rnd.choice((0, self.rnd.randint(0, 1500),
+                                                                  self.rnd.randint(2000, 5000)))
+                self.p.produce("t", b"d%d %d" % (n, due), partition=n % 2, on_delivery=self._report,
+                               headers=[("umlog-deliver-at", b"%d" % due)])
+            self.p.poll(0)
+            ahead = (self.n - self.start_n) / self.rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def start(self) -> None:
+        self.start_n = self.n
+        super().start()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.join(scaled(30))
+        self.p.purge()
+        self.p.poll(0)
+
+
+@pytest.mark.clients
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_serve_delayed_delivery_survives_power_loss(disk, tmp_path):  # noqa: F811
+    """The same through ``umlog serve --fsync always``: the Kafka door syncs the intents on its loop before
+    the batch that claims them, and answers once the batch is synced. Slow: a server starts in 10 s or
+    more on the FUSE mount, and each cycle starts two."""
+    pytest.importorskip("confluent_kafka")
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from harness import Server
+
+    rnd = random.Random(7)
+    data = os.path.join(disk.mountpoint, "data")
+    ledger = DelayLedger()
+    for cycle in range(3):
+        server = Server(data, "--fsync", "always", port=0, log_path=str(tmp_path / f"server-{cycle}.log"))
+        producer = None
+        try:
+            server.start(timeout=scaled(60))
+            if cycle == 0:
+                admin = AdminClient({"bootstrap.servers": server.bootstrap, "log_level": 2})
+                admin.create_topics([NewTopic("t", num_partitions=2, replication_factor=1,
+                                              config={"message.timestamp.type": "LogAppendTime"})])["t"].result(
+                    scaled(30))
+            producer = DelayProducer(server.bootstrap, seed=cycle, start=cycle * 1_000_000)
+            producer.start()
+            target = rnd.randint(100, 400)
+            wait_until(lambda p=producer, n=target: len(p.lines) >= n, scaled(120), f"{target} deliveries")
+            disk.cut()
+            server.kill()  # no delivery report can come after this
+        finally:
+            server.kill()
+            if producer is not None:
+                producer.close()
+                ledger.add(producer.lines)
+        disk.remount()
+        # The backlog, delivered by a server that loses the power again while at it.
+        server = Server(data, "--fsync", "always", port=0, log_path=str(tmp_path / f"server-{cycle}b.log"))
+        try:
+            server.start(timeout=scaled(60))
+            time.sleep(rnd.uniform(0, 1.5))
+            disk.cut()
+        finally:
+            server.kill()
+        disk.remount()
+    r = check_delayed(data, ledger)
+    print(r)
+    assert r["delayed"] >= 100
 
 # -- share groups ---------------------------------------------------------------------------------------
 
