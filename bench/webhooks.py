@@ -9,6 +9,13 @@ receiver sees to the N-th 2xx: deliveries/s, and the server process's
 user+system CPU over the same span (from /proc), as CPU-seconds per million
 deliveries. Goal: >= 5,000 deliveries/s.
 
+The baseline, in the same run against the same receiver: a plain aiohttp
+client in a child process (one session, ``concurrency`` connections, the same
+body and a fixed set of headers of the same size, no signing, no log, no
+share group) POSTs N requests; its rate is what the receiver and aiohttp's
+client can do on this machine, its CPU per million what aiohttp alone costs
+a sender.
+
 Usage::
 
     python bench/webhooks.py                 # 20,000 records per case
@@ -30,6 +37,7 @@ import time
 from aiohttp import web
 
 import umlog
+from umlog.delivery.webhook import DEFAULTS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -70,15 +78,67 @@ class Receiver:
         return web.Response(status=204)
 
 
+VALUE = b'{"event": "x", "padding": "' + b"p" * 60 + b'"}'
+
+PLAIN_CLIENT = """
+import asyncio, sys, aiohttp
+url, n, concurrency = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+body = sys.argv[4].encode()
+headers = {"webhook-id": "events/0/12345", "webhook-timestamp": "1700000000",
+           "webhook-signature": "v1," + "A" * 44, "content-type": "application/octet-stream",
+           "umlog-topic": "events", "umlog-partition": "0", "umlog-offset": "12345",
+           "umlog-timestamp": "1700000000000", "umlog-delivery-count": "1"}
+
+async def main():
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        async def worker():
+            nonlocal left
+            while left > 0:
+                left -= 1
+                async with s.post(url, data=body, headers=headers) as r:
+                    await r.read()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+asyncio.run(main())
+"""
+
+
+def measure(rx: Receiver, proc: subprocess.Popen, records: int) -> tuple[float, float, int]:
+    """Wait for the first request, then for ``records``: (per second, CPU-s per million of proc, count)."""
+    while rx.first is None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited {proc.returncode} before its first request")
+        time.sleep(0.001)
+    cpu0, t0 = cpu_s(proc.pid), rx.first
+    deadline = time.monotonic() + 300
+    while rx.count < records and time.monotonic() < deadline:
+        time.sleep(0.005)
+    cpu1, t1 = cpu_s(proc.pid), rx.last
+    return rx.count / max(t1 - t0, 1e-9), (cpu1 - cpu0) / max(rx.count, 1) * 1e6, rx.count
+
+
+def run_plain(rx: Receiver, records: int, concurrency: int) -> dict:
+    rx.count, rx.first = 0, None
+    proc = subprocess.Popen([sys.executable, "-c", PLAIN_CLIENT, rx.url, str(records), str(concurrency),
+                             VALUE.decode()])
+    try:
+        per_s, cpu_per_m, n = measure(rx, proc, records)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    return {"ordering": "plain aiohttp client", "concurrency": concurrency, "keys": "-", "records": n,
+            "per_s": per_s, "cpu_per_m": cpu_per_m, "acked": "-"}
+
+
 def run_case(rx: Receiver, records: int, ordering: str, concurrency: int, keys: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
         with umlog.open(data) as b:
             t = b.create_topic("events", 1)
-            value = b'{"event": "x", "padding": "' + b"p" * 60 + b'"}'
             for i in range(0, records, 1000):
                 n = min(1000, records - i)
-                t.append_many([value] * n, [str((i + j) % keys).encode() for j in range(n)] if keys else None,
+                t.append_many([VALUE] * n, [str((i + j) % keys).encode() for j in range(n)] if keys else None,
                               partition=0)
         cfg = os.path.join(tmp, "umlog.toml")
         with open(cfg, "w") as f:
@@ -92,21 +152,14 @@ def run_case(rx: Receiver, records: int, ordering: str, concurrency: int, keys: 
                                 text=True, env=env, cwd=tmp)
         try:
             proc.stdout.readline()  # umlog ready ...
-            while rx.first is None:
-                time.sleep(0.001)
-            cpu0, t0 = cpu_s(proc.pid), rx.first
-            deadline = time.monotonic() + 300
-            while rx.count < records and time.monotonic() < deadline:
-                time.sleep(0.005)
-            cpu1, t1 = cpu_s(proc.pid), rx.last
+            per_s, cpu_per_m, n = measure(rx, proc, records)
         finally:
             proc.terminate()
             proc.wait(30)
         status = json.load(open(os.path.join(data, "meta", "webhooks-status.json")))["webhooks"]["bench"]
-    secs = max(t1 - t0, 1e-9)
-    return {"ordering": ordering, "concurrency": concurrency, "keys": keys or "-", "records": rx.count,
-            "per_s": rx.count / secs, "cpu_per_m": (cpu1 - cpu0) / max(rx.count, 1) * 1e6,
-            "acked": status["delivered"]}
+    default = " (default)" if concurrency == DEFAULTS["concurrency"] else ""
+    return {"ordering": ordering, "concurrency": f"{concurrency}{default}",
+            "keys": keys or "-", "records": n, "per_s": per_s, "cpu_per_m": cpu_per_m, "acked": status["delivered"]}
 
 
 def main() -> None:
@@ -115,12 +168,15 @@ def main() -> None:
     args = ap.parse_args()
     rx = Receiver()
     cases = [("none", 8, 0), ("none", 32, 0), ("key", 32, 100)]
-    rows = [run_case(rx, args.records, *c) for c in cases]
+    rows = [run_plain(rx, args.records, 32)]
+    rows += [run_case(rx, args.records, *c) for c in cases]
+    rows.append(run_plain(rx, args.records, 32))  # again: did the machine change meanwhile?
     print("| ordering | concurrency | keys | deliveries | deliveries/s | server CPU-s per million | acked |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        acked = r["acked"] if isinstance(r["acked"], str) else f"{r['acked']:,}"
         print(f"| {r['ordering']} | {r['concurrency']} | {r['keys']} | {r['records']:,} | {r['per_s']:,.0f} "
-              f"| {r['cpu_per_m']:,.0f} | {r['acked']:,} |")
+              f"| {r['cpu_per_m']:,.0f} | {acked} |")
 
 
 if __name__ == "__main__":
