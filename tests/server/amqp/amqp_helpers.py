@@ -79,13 +79,16 @@ class Raw:
         except OSError:
             return True
 
-    def handshake(self, frame_max: int = 131072) -> None:
+    def handshake(self, frame_max: int = 131072, heartbeat: int = 0, user: str = "guest",
+                  password: str = "guest") -> None:
         self.send(b"AMQP\x00\x00\x09\x01")
         assert isinstance(self.frame(), cmd.Connection.Start)
-        self.method(0, cmd.Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0guest"))
+        self.method(0, cmd.Connection.StartOk(client_properties={}, mechanism="PLAIN",
+                                              response=f"\0{user}\0{password}"))
         tune = self.frame()
         assert isinstance(tune, cmd.Connection.Tune)
-        self.method(0, cmd.Connection.TuneOk(channel_max=tune.channel_max, frame_max=frame_max, heartbeat=0))
+        self.method(0, cmd.Connection.TuneOk(channel_max=tune.channel_max, frame_max=frame_max,
+                                             heartbeat=heartbeat))
         self.method(0, cmd.Connection.Open(virtual_host="/"))
         assert isinstance(self.frame(), cmd.Connection.OpenOk)
 

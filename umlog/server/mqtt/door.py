@@ -71,6 +71,10 @@ COMPACTED = {"cleanup.policy": "compact"}
 QOS_HEADER = "mqtt-qos"
 RETAIN_HEADER = "mqtt-retain"
 TTL_HEADER = "umlog-ttl-ms"  # the message expiry interval, as every door's TTL
+# "packet id:client id" of a QoS 2 message from a persistent session (session.py),
+# from the door's own key QOS2_ID in the properties it is given.
+QOS2_ID_HEADER = "mqtt-qos2-id"
+QOS2_ID = "umlog_qos2_id"
 _PROPERTY_HEADERS = {
     "content_type": "content-type",
     "response_topic": "mqtt-response-topic",
@@ -78,7 +82,7 @@ _PROPERTY_HEADERS = {
     "payload_format_indicator": "mqtt-payload-format",
 }
 _HEADER_PROPERTIES = {h: p for p, h in _PROPERTY_HEADERS.items()}
-_RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, *_HEADER_PROPERTIES}
+_RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, QOS2_ID_HEADER, *_HEADER_PROPERTIES}
 
 
 def record_headers(qos: int, retain: bool, props: dict) -> list[tuple[str, bytes]]:
@@ -95,6 +99,9 @@ def record_headers(qos: int, retain: bool, props: dict) -> list[tuple[str, bytes
         h.append((TTL_HEADER, b"%d" % (expiry * 1000)))
     for k, v in props.get("user_property", ()):
         h.append((k, v.encode()))
+    qos2_id = props.get(QOS2_ID)
+    if qos2_id is not None:
+        h.append((QOS2_ID_HEADER, qos2_id.encode()))
     return h
 
 
@@ -116,6 +123,8 @@ def publish_fields(r, now_ms: int) -> tuple[int, bool, dict] | None:
             if left <= 0:
                 return None
             props["message_expiry_interval"] = max(1, left // 1000)
+        elif k == QOS2_ID_HEADER:
+            continue
         elif k in _HEADER_PROPERTIES:
             p = _HEADER_PROPERTIES[k]
             if p == "correlation_data":

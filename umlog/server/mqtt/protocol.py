@@ -67,7 +67,7 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
-from .door import publish_fields
+from .door import QOS2_ID, publish_fields
 from .session import NEVER
 
 log = logging.getLogger("umlog.server.mqtt")
@@ -417,11 +417,17 @@ class MqttConnection(asyncio.Protocol):
             elif p.qos == 2:
                 self._write(PubRec(p.packet_id, reason))
             return
-        await self.door.publish(self, topic, p.payload, p.qos, p.retain, p.properties)
+        props = p.properties
+        if p.qos == 2 and s.persistent:  # exactly once across a stop (session.py)
+            s.in2_pending[p.packet_id] = self.door.end_offsets()
+            props = {**props, QOS2_ID: f"{p.packet_id}:{self.client_id}"}
+            self.door.store.write_at_once(s)
+        await self.door.publish(self, topic, p.payload, p.qos, p.retain, props)
         if p.qos == 1:
             self._write(PubAck(p.packet_id))
         elif p.qos == 2:
             s.qos2_in.add(p.packet_id)
+            s.in2_pending.pop(p.packet_id, None)
             self.door.store.mark(s)
             self._write(PubRec(p.packet_id))
 

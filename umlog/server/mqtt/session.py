@@ -44,7 +44,18 @@ Record value (JSON)::
                [[topic, partition, offset], ...]], ...],   # offsets: where it began
      "pos": [[topic, partition, offset], ...],
      "out": [[packet_id, topic, partition, offset, qos, state, retain], ...],
-     "in2": [packet_id, ...], "next_id": n}
+     "in2": [packet_id, ...], "next_id": n,
+     "in2p": [[packet_id, [[topic, partition, offset], ...]], ...]}   # when any
+
+QoS 2 received exactly once, across a SIGKILL too: the PUBREC goes out after
+the record holding its packet id in ``in2``, but the message is stored before
+that record can be written. So before storing QoS 2 messages of a persistent
+session the door writes its record with each packet id in ``in2p`` and the
+log's end offsets then, and the stored record carries the header
+``mqtt-qos2-id`` = "packet id:client id". A restart finds each pending id's
+record from those offsets on (``_settle_pending_in2``): found, the id is in
+``in2`` (a resend is answered, not stored again); not found, it is dropped (the
+resend is stored).
 
 ``state`` of an outgoing message: 1 (QoS 1 PUBLISH sent), 2 (QoS 2 PUBLISH
 sent), 3 (PUBREC received, PUBREL sent). Shared-subscription messages are in
@@ -96,6 +107,8 @@ class Session:
         self.pos: dict[tuple[str, int], int] = {}
         self.inflight: dict[int, Outgoing] = {}
         self.qos2_in: set[int] = set()
+        # QoS 2 packet ids being stored: pid -> the log's end offsets before (see the module docstring)
+        self.in2_pending: dict[int, dict[tuple[str, int], int]] = {}
         self.next_id = 0
         self.gone_at: int | None = None
         self.conn: Any = None
@@ -154,6 +167,9 @@ class Session:
         v = {"v": 1, "proto": self.version, "expiry": None if self.expiry is None else self.expiry,
              "gone_at": self.gone_at, "subs": subs, "pos": [[t, p, o] for (t, p), o in sorted(pos.items())],
              "out": out, "in2": sorted(self.qos2_in), "next_id": self.next_id}
+        if self.in2_pending:
+            v["in2p"] = [[pid, [[t, p, o] for (t, p), o in sorted(ends.items())]]
+                         for pid, ends in self.in2_pending.items()]
         return json.dumps(v, separators=(",", ":")).encode()
 
     @classmethod
@@ -172,6 +188,7 @@ class Session:
             out.state = state
             s.inflight[pid] = out
         s.qos2_in = set(v["in2"])
+        s.in2_pending = {pid: {(t, p): o for t, p, o in ends} for pid, ends in v.get("in2p", ())}
         s.next_id = v.get("next_id", 0)
         s.written = True
         return s
@@ -209,8 +226,48 @@ class SessionStore:
                 s.gone_at = now
             self.sessions[cid] = s
             self.arm_expiry(s)
+        self._settle_pending_in2()
         if self.sessions:
             log.info("mqtt: %d persistent session(s) restored", len(self.sessions))
+
+    def _settle_pending_in2(self) -> None:
+        """QoS 2 messages whose storing a stop cut short: each one found in the log
+        (its ``QOS2_ID_HEADER``) counts as received, so its resend is not stored
+        again; one not found was not stored, and its resend will be."""
+        from .door import QOS2_ID_HEADER
+
+        pending = {(s.client_id, pid): ends for s in self.sessions.values() for pid, ends in s.in2_pending.items()}
+        if not pending:
+            return
+        start: dict[tuple[str, int], int] = {}
+        for ends in pending.values():
+            for k, o in ends.items():
+                start[k] = min(o, start.get(k, o))
+        found = set()
+        for (t, i), o in start.items():
+            try:
+                p = self.door.broker.topic(t).partitions[i]
+            except (KeyError, IndexError):
+                continue
+            for r in p.read(max(o, p.start_offset)):
+                for k, v in r.headers:
+                    if k == QOS2_ID_HEADER and v is not None:
+                        pid, _, cid = bytes(v).decode("utf-8", "replace").partition(":")
+                        if pid.isdigit() and (cid, int(pid)) in pending:
+                            found.add((cid, int(pid)))
+        for s in self.sessions.values():
+            if s.in2_pending:
+                s.qos2_in.update(pid for pid in s.in2_pending if (s.client_id, pid) in found)
+                s.in2_pending = {}
+                self.mark(s)
+
+    def write_at_once(self, s: Session) -> None:
+        """Write the record of ``s`` at once (not at the end of this pass of the
+        loop): before an append it announces (``in2_pending``)."""
+        self._dirty.discard(s)
+        p = self.topic.partitions[0]
+        p.append_many([s.encode(self.door.position_of(s))], [s.client_id.encode()])
+        s.written = True
 
     # --- expiry --------------------------------------------------------------------------
 
