@@ -56,9 +56,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..door import Door
+from .codec import parse_shared, topic_matches
 from .settings import MQTT_SETTINGS, RETAINED_TOPIC, SESSIONS_TOPIC
 
 __all__ = ["MqttDoor", "RETAINED_TOPIC", "SESSIONS_TOPIC", "record_headers"]
@@ -83,10 +85,15 @@ _PROPERTY_HEADERS = {
 }
 _HEADER_PROPERTIES = {h: p for p, h in _PROPERTY_HEADERS.items()}
 _RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, QOS2_ID_HEADER, *_HEADER_PROPERTIES}
+# The headers of a message with no retain flag and no properties, by QoS (most messages).
+_PLAIN_HEADERS = tuple(((QOS_HEADER, b"%d" % qos),) for qos in range(3))
+_ROUTED_NAMES = 4096  # topic names whose log topic (log_topic) and audience (_audience) are kept
 
 
-def record_headers(qos: int, retain: bool, props: dict) -> list[tuple[str, bytes]]:
+def record_headers(qos: int, retain: bool, props: dict) -> Sequence[tuple[str, bytes]]:
     """The headers of the record a PUBLISH (or a will) becomes."""
+    if not retain and not props:
+        return _PLAIN_HEADERS[qos]
     h = [(QOS_HEADER, b"%d" % qos)]
     if retain:
         h.append((RETAIN_HEADER, b"1"))
@@ -188,28 +195,41 @@ class Fanout:
                 hub.remove_waiter(keys, fut)
 
     def _pump(self) -> bool:
-        """Deliver what was appended since the last look; True if anything was."""
+        """Deliver what was appended since the last look; True if anything was.
+
+        Every connection's frames of one pump go out in one write (``cork``)."""
         moved = False
         now_ms = time.time_ns() // 1_000_000
-        for k, p in list(self.partitions()):
-            start = self.cursors[k]
-            end = p.end_offset
-            if start >= end:
-                continue
-            start = max(start, p.start_offset)
-            records = list(p.read(start, max_records=1000))
-            moved = True
-            self.cursors[k] = records[-1].offset + 1 if records else end
-            for r in records:
-                origin = self.origin.pop((k[0], k[1], r.offset), None)
-                if r.key is None:
-                    continue  # no MQTT topic name
-                try:
-                    name = r.key.decode("utf-8")
-                except UnicodeDecodeError:
+        conns = list(self.door.clients.values())
+        for conn in conns:
+            conn.cork()
+        try:
+            for k, p in list(self.partitions()):
+                start = self.cursors[k]
+                end = p.end_offset
+                if start >= end:
                     continue
-                self.door.deliver(name, r, origin, k, now_ms)
+                start = max(start, p.start_offset)
+                records = list(p.read(start, max_records=1000))
+                moved = True
+                self.cursors[k] = records[-1].offset + 1 if records else end
+                self._hand_out(k, records, now_ms)
+        finally:
+            for conn in conns:
+                conn.uncork()
         return moved
+
+    def _hand_out(self, k: tuple[str, int], records: list, now_ms: int) -> None:
+        origins = self.origin
+        for r in records:
+            origin = origins.pop((k[0], k[1], r.offset), None) if origins else None
+            if r.key is None:
+                continue  # no MQTT topic name
+            try:
+                name = r.key.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            self.door.deliver(name, r, origin, k, now_ms)
 
 
 class MqttDoor(Door):
@@ -229,6 +249,8 @@ class MqttDoor(Door):
         self.connect_timeout_s = (options.get("connect_timeout_ms") or 10_000) / 1000
         self.routes: list[tuple[str, str]] = [(r["filter"], r["topic"]) for r in options.get("route") or ()]
         self.tailed = list(dict.fromkeys([self.topic_name, *(t for _, t in self.routes)]))
+        self._routed: dict[str, str] = {}  # MQTT topic name -> its log topic (log_topic)
+        self._audiences: dict[str, list] = {}  # MQTT topic name -> who subscribes (_audience)
         self.clients: dict[str, Any] = {}  # client id -> its connection (connected ones)
         self.retained: dict[str, Any] = {}  # MQTT topic name -> record
         self.fanout: Fanout | None = None
@@ -320,13 +342,17 @@ class MqttDoor(Door):
     # --- publishing ----------------------------------------------------------------------
 
     def log_topic(self, name: str) -> str:
-        """The log topic a PUBLISH to MQTT topic ``name`` goes to."""
-        from .codec import topic_matches
-
-        for f, t in self.routes:
-            if topic_matches(f, name):
-                return t
-        return self.topic_name
+        """The log topic a PUBLISH to MQTT topic ``name`` goes to (the routes'
+        answers are kept for the topic names seen last: one dict look-up a message)."""
+        if not self.routes:
+            return self.topic_name
+        t = self._routed.get(name)
+        if t is None:
+            t = next((t for f, t in self.routes if topic_matches(f, name)), self.topic_name)
+            if len(self._routed) >= _ROUTED_NAMES:
+                self._routed.clear()
+            self._routed[name] = t
+        return t
 
     def read_topics(self, f: str) -> list[str]:
         """The log topics a subscription to filter ``f`` can be fed from: the
@@ -342,26 +368,59 @@ class MqttDoor(Door):
 
     async def publish(self, conn, topic: str, payload: bytes, qos: int, retain: bool, props: dict) -> None:
         """Append one message (and its retained copy); return once durable."""
-        headers = record_headers(qos, retain, props)
-        t = self.broker.topic(self.log_topic(topic))
-        md = t.append(payload, key=topic.encode(), headers=headers)
-        if conn is not None and self.fanout is not None:
-            self.fanout.origin[(t.name, md.partition, md.offset)] = conn
-        appended = {t.partition(md.partition): md.offset + 1}
-        if retain:
-            rt = self.broker.topic(RETAINED_TOPIC)
-            rmd = rt.append(payload or None, key=topic.encode(), headers=headers)
-            appended[rt.partition(rmd.partition)] = rmd.offset + 1
-            if payload:
-                self.retained[topic] = next(iter(rt.partition(rmd.partition).read(rmd.offset, max_records=1)))
-            else:
-                self.retained.pop(topic, None)
-        if qos or retain:
-            # Acknowledged means written: a record waiting in the open batch
-            # (linger_ms) would be lost by a SIGKILL after its PUBACK.
-            for p in appended:
-                p.seal()
+        await self.publish_many(conn, [(topic, payload, qos, retain, props)])
+
+    async def publish_many(self, conn, msgs: list[tuple[str, bytes, int, bool, dict]]) -> None:
+        """Append messages ``(topic, payload, qos, retain, props)`` in order (and
+        their retained copies); return once all are durable.
+
+        The messages of one log topic go in with one ``append_many`` (whole
+        batches, written at once), so a burst of PUBLISHes costs one written
+        batch, not one each; acknowledged then means written, as a record
+        waiting in an open batch (linger_ms) would be lost by a SIGKILL after
+        its PUBACK.
+        """
+        by_topic: dict[str, list] = {}
+        for m in msgs:
+            by_topic.setdefault(self.log_topic(m[0]), []).append(m)
+        appended: dict[Any, int] = {}
+        for name, group in by_topic.items():
+            self._append_group(conn, self.broker.topic(name), group, appended)
+        for topic, payload, qos, retain, props in msgs:
+            if retain:
+                self._retain(topic, payload, record_headers(qos, retain, props), appended)
         await self.hub.durable(appended)
+
+    def _append_group(self, conn, t, group: list, appended: dict) -> None:
+        """Append the messages of one log topic; note each partition's new end in
+        ``appended`` and, for no-local, who published each record."""
+        keys = [m[0].encode() for m in group]
+        values = [m[1] for m in group]
+        headers = [record_headers(m[2], m[3], m[4]) for m in group]
+        if len(t.partitions) == 1:
+            placed = [(0, o) for o in t.append_many(values, keys, headers, partition=0)]
+        else:
+            placed = t.append_many(values, keys, headers)
+        for i, o in placed:
+            p = t.partitions[i]
+            if appended.get(p, 0) <= o:
+                appended[p] = o + 1
+        if conn is not None and self.fanout is not None:
+            origin = self.fanout.origin
+            for i, o in placed:
+                origin[(t.name, i, o)] = conn
+
+    def _retain(self, topic: str, payload: bytes, headers, appended: dict) -> None:
+        """The retained copy of a message (an empty payload is a tombstone)."""
+        rt = self.broker.topic(RETAINED_TOPIC)
+        rmd = rt.append(payload or None, key=topic.encode(), headers=headers)
+        p = rt.partition(rmd.partition)
+        p.seal()
+        appended[p] = rmd.offset + 1
+        if payload:
+            self.retained[topic] = next(iter(p.read(rmd.offset, max_records=1)))
+        else:
+            self.retained.pop(topic, None)
 
     def _load_retained(self) -> None:
         t = self.broker.topic(RETAINED_TOPIC)
@@ -393,8 +452,6 @@ class MqttDoor(Door):
         return dict(s.pos)
 
     def rejoin_shares(self, s) -> None:
-        from .codec import parse_shared
-
         for f in s.subs:
             group, real = parse_shared(f)
             if group is not None:
@@ -417,11 +474,11 @@ class MqttDoor(Door):
     def deliver(self, name: str, r, origin, key: tuple[str, int], now_ms: int) -> None:
         fields = None
         loc = (key[0], key[1], r.offset)
-        for conn in list(self.clients.values()):
+        for conn, subs in self._audience(name):
             s = conn.session
-            if s is None or not s.live:
+            if s is None or not s.live or not conn.connected:
                 continue
-            qos = conn.matching_qos(name, origin, key, r.offset)
+            qos = conn.best_qos(subs, origin, key, r.offset)
             if qos is None:
                 continue
             if fields is None:
@@ -431,9 +488,33 @@ class MqttDoor(Door):
             mqos, retain, props = fields
             conn.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], props, loc)
 
-    def retained_for(self, f: str):
-        from .codec import topic_matches
+    def _audience(self, name: str) -> list:
+        """(connection, its subscriptions whose filter matches ``name``) for every
+        connected client with one, shared subscriptions aside. Kept per topic
+        name until a subscription or a client comes or goes
+        (``subscriptions_changed``): the filters are matched once per name,
+        not once per message."""
+        a = self._audiences.get(name)
+        if a is None:
+            a = []
+            for conn in self.clients.values():
+                s = conn.session
+                if s is None:
+                    continue
+                subs = tuple((f, sub) for f, sub in s.subs.items()
+                             if not f.startswith("$share/") and topic_matches(f, name))
+                if subs:
+                    a.append((conn, subs))
+            if len(self._audiences) >= _ROUTED_NAMES:
+                self._audiences.clear()
+            self._audiences[name] = a
+        return a
 
+    def subscriptions_changed(self) -> None:
+        """A client connected or left, or its subscriptions changed: match again."""
+        self._audiences.clear()
+
+    def retained_for(self, f: str):
         now_ms = time.time_ns() // 1_000_000
         for name, r in list(self.retained.items()):
             if topic_matches(f, name):

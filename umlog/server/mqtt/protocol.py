@@ -64,11 +64,12 @@ from .codec import (
     check_topic_filter,
     check_topic_name,
     encode,
+    encode_publish,
     parse_shared,
     topic_matches,
 )
 from .door import QOS2_ID, publish_fields
-from .session import NEVER
+from .session import NEVER, Outgoing, Session
 
 log = logging.getLogger("umlog.server.mqtt")
 
@@ -121,6 +122,7 @@ class MqttConnection(asyncio.Protocol):
         # messages held by the receive maximum: (topic, payload, qos, retain, props, loc, share)
         self.waiting: collections.deque = collections.deque()
         self.outbox: list[bytes] = []
+        self._corked: list[bytes] | None = None  # frames held for one write (cork)
         self.receive_maximum = 65535
         self.client_max_packet = codec.MAX_PACKET_SIZE
         self.handover = False  # taken over: the session goes on with the new connection
@@ -200,7 +202,12 @@ class MqttConnection(asyncio.Protocol):
                     return
                 self.busy = True
                 try:
-                    await self._handle(p)
+                    if type(p) is Publish and self.connected:
+                        await self._publish_run(self._take_run(p))
+                    elif type(p) is PubAck and self.connected:
+                        self._acked(self._take_run(p))
+                    else:
+                        await self._handle(p)
                 finally:
                     self.busy = False
         except MQTTError as e:
@@ -208,6 +215,16 @@ class MqttConnection(asyncio.Protocol):
         except Exception:
             log.exception("mqtt %s: internal error; closing connection", self.peer)
             self._refuse(MQTTError("internal error", UNSPECIFIED))
+
+    def _take_run(self, first) -> list:
+        """``first`` and the packets of its type queued right behind it (a burst of
+        PUBLISHes is stored together, one of PUBACKs settled together)."""
+        run = [first]
+        kind = type(first)
+        q = self.queue
+        while q and type(q[0]) is kind:
+            run.append(q.popleft())
+        return run
 
     def _refuse(self, e: MQTTError) -> None:
         log.info("mqtt %s (%s): %s; closing connection", self.peer, self.client_id or "no client id", e)
@@ -229,7 +246,7 @@ class MqttConnection(asyncio.Protocol):
             return
         s = self.session
         if isinstance(p, Publish):
-            await self._publish(p)
+            await self._publish_run([p])
         elif isinstance(p, PubRel):
             found = p.packet_id in s.qos2_in
             s.qos2_in.discard(p.packet_id)
@@ -271,8 +288,6 @@ class MqttConnection(asyncio.Protocol):
             raise codec.ProtocolError(f"{type(p).__name__} is not sent by a client")
 
     async def _connect(self, p: Connect) -> None:
-        from .session import Session
-
         self.version = self.reader.version = 5 if p.version == 5 else 4
         if self._timer is not None:
             self._timer.cancel()
@@ -329,6 +344,7 @@ class MqttConnection(asyncio.Protocol):
         self.will = p.will
         self.keep_alive = p.keep_alive
         self.door.clients[cid] = self
+        self.door.subscriptions_changed()
         self.session = s
         s.conn = self
         s.gone_at = None
@@ -390,7 +406,8 @@ class MqttConnection(asyncio.Protocol):
 
     # --- publish in --------------------------------------------------------------------
 
-    async def _publish(self, p: Publish) -> None:
+    def _publish_topic(self, p: Publish) -> str:
+        """The topic name of a client PUBLISH, its alias resolved (and set), checked."""
         topic = p.topic
         alias = p.properties.pop("topic_alias", None) if self.version == 5 else None
         if alias is not None:
@@ -405,31 +422,67 @@ class MqttConnection(asyncio.Protocol):
         if "subscription_identifier" in p.properties:
             raise codec.ProtocolError("a client PUBLISH with a subscription identifier")
         check_topic_name(topic)
+        return topic
+
+    async def _publish_run(self, run: list[Publish]) -> None:
+        """Consecutive client PUBLISHes, stored together and answered in order.
+
+        Each is checked as it comes (alias, topic name, QoS 2 resend, WRITE);
+        the ones to store go to the log in one ``door.publish_many`` (one
+        append per log topic, one wait for durability), then every answer is
+        written in one go, in the order of the PUBLISHes. A PUBLISH the
+        codec's checks refuse ends the run: the ones before it are stored and
+        answered, then the connection is refused.
+        """
         s = self.session
-        if p.qos == 2 and p.packet_id in s.qos2_in:
-            self._write(PubRec(p.packet_id))  # a resend before PUBREL: stored once already
-            return
-        if self.principal is not None and not self.door.may(self, "WRITE", self.door.log_topic(topic)):
-            log.info("mqtt %s (%s): PUBLISH to %r denied to %s", self.peer, self.client_id, topic, self.principal)
-            reason = NOT_AUTHORIZED if self.version == 5 else 0
-            if p.qos == 1:
-                self._write(PubAck(p.packet_id, reason))
-            elif p.qos == 2:
-                self._write(PubRec(p.packet_id, reason))
-            return
-        props = p.properties
-        if p.qos == 2 and s.persistent:  # exactly once across a stop (session.py)
-            s.in2_pending[p.packet_id] = self.door.end_offsets()
-            props = {**props, QOS2_ID: f"{p.packet_id}:{self.client_id}"}
+        msgs = []
+        answers = []  # (packet, stored?) in order; a packet not stored has its answer ready
+        held = set()  # QoS 2 packet ids of this run: a repeat is a resend
+        ends = None  # the log's end offsets, once a QoS 2 message is pending
+        error = None
+        for p in run:
+            try:
+                topic = self._publish_topic(p)
+            except MQTTError as e:
+                error = e
+                break
+            if p.qos == 2 and (p.packet_id in s.qos2_in or p.packet_id in held):
+                answers.append((PubRec(p.packet_id), False))  # a resend before PUBREL: stored once already
+                continue
+            if self.principal is not None and not self.door.may(self, "WRITE", self.door.log_topic(topic)):
+                log.info("mqtt %s (%s): PUBLISH to %r denied to %s", self.peer, self.client_id, topic,
+                         self.principal)
+                reason = NOT_AUTHORIZED if self.version == 5 else 0
+                if p.qos:
+                    answers.append(((PubAck if p.qos == 1 else PubRec)(p.packet_id, reason), False))
+                continue
+            props = p.properties
+            if p.qos == 2:
+                held.add(p.packet_id)
+                if s.persistent:  # exactly once across a stop (session.py)
+                    s.in2_pending[p.packet_id] = ends = ends or self.door.end_offsets()
+                    props = {**props, QOS2_ID: f"{p.packet_id}:{self.client_id}"}
+            msgs.append((topic, p.payload, p.qos, p.retain, props))
+            answers.append((p, True))
+        if ends:
             self.door.store.write_at_once(s)
-        await self.door.publish(self, topic, p.payload, p.qos, p.retain, props)
-        if p.qos == 1:
-            self._write(PubAck(p.packet_id))
-        elif p.qos == 2:
-            s.qos2_in.add(p.packet_id)
-            s.in2_pending.pop(p.packet_id, None)
-            self.door.store.mark(s)
-            self._write(PubRec(p.packet_id))
+        if msgs:
+            await self.door.publish_many(self, msgs)
+        frames = []
+        for a, stored in answers:
+            if not stored:
+                frames.append(encode(a, self.version))
+            elif a.qos == 1:
+                frames.append(codec.encode_ack(codec.PUBACK, a.packet_id))
+            elif a.qos == 2:
+                s.qos2_in.add(a.packet_id)
+                s.in2_pending.pop(a.packet_id, None)
+                self.door.store.mark(s)
+                frames.append(codec.encode_ack(codec.PUBREC, a.packet_id))
+        if frames:
+            self._write_frame(b"".join(frames))
+        if error is not None:
+            raise error
 
     # --- subscriptions ----------------------------------------------------------------
 
@@ -465,6 +518,7 @@ class MqttConnection(asyncio.Protocol):
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and not existed):
                 fresh.append(sub)
         self.door.store.mark(s)
+        self.door.subscriptions_changed()
         self._write(Suback(p.packet_id, reasons))
         for sub in fresh:
             for name, r, (qos, _retain, props) in self.door.retained_for(sub.filter):
@@ -495,6 +549,7 @@ class MqttConnection(asyncio.Protocol):
                 if share is not None:
                     self.door.shares.leave(s, share, real)
         self.door.store.mark(s)
+        self.door.subscriptions_changed()
         self._write(Unsuback(p.packet_id, reasons if self.version == 5 else None))
 
     def matching_qos(self, name: str, origin, key: tuple[str, int], offset: int) -> tuple[int, bool] | None:
@@ -503,11 +558,19 @@ class MqttConnection(asyncio.Protocol):
         s = self.session
         if not self.connected or s is None or not s.subs:
             return None
+        return self.best_qos([(f, sub) for f, sub in s.subs.items()
+                              if not f.startswith("$share/") and topic_matches(f, name)], origin, key, offset)
+
+    def best_qos(self, subs, origin, key: tuple[str, int], offset: int) -> tuple[int, bool] | None:
+        """(highest QoS, retain as published) over ``subs`` ((filter, Subscription)
+        pairs whose filter matches the record's topic name) that take the record
+        at ``key``/``offset`` (no-local, subscribed before it), or None."""
+        since_of = self.session.since
         best = None
-        for f, sub in s.subs.items():
-            if f.startswith("$share/") or (sub.no_local and origin is self) or not topic_matches(f, name):
+        for f, sub in subs:
+            if sub.no_local and origin is self:
                 continue
-            since = s.since.get(f)
+            since = since_of.get(f)
             if since is not None and offset < since.get(key, 0):
                 continue
             if best is None or sub.qos > best[0]:
@@ -545,15 +608,12 @@ class MqttConnection(asyncio.Protocol):
         self._send(topic, payload, qos, retain, props, loc, share)
 
     def _send(self, topic, payload, qos, retain, props, loc, share) -> None:
-        from .session import Outgoing
-
         s = self.session
         pid = None
         if qos:
             pid = s.packet_id()
             s.inflight[pid] = Outgoing(topic, payload, props, qos, retain, loc, share)
-        frame = encode(Publish(topic, payload, qos, retain, False, pid, props if self.version == 5 else None),
-                       self.version)
+        frame = encode_publish(topic, payload, qos, retain, False, pid, props, self.version)
         if len(frame) > self.client_max_packet:
             if pid is not None:
                 del s.inflight[pid]
@@ -584,20 +644,38 @@ class MqttConnection(asyncio.Protocol):
                 out.topic = r.key.decode("utf-8", "replace")
                 out.payload = r.value or b""
                 out.props = fields[2]
-            frame = encode(Publish(out.topic, out.payload, out.qos, out.retain, True, pid,
-                                   out.props if self.version == 5 else None), self.version)
+            frame = encode_publish(out.topic, out.payload, out.qos, out.retain, True, pid, out.props, self.version)
             self._write_frame(frame)
 
     def _settled(self, pid: int, step: int) -> None:
+        if self._settle(pid, step):
+            self._refill()
+
+    def _acked(self, run: list[PubAck]) -> None:
+        """PUBACKs read together: settle each, then fill the window once."""
+        settled = False
+        for p in run:
+            settled = self._settle(p.packet_id, 1) or settled
+        if settled:
+            self._refill()
+
+    def _settle(self, pid: int, step: int) -> bool:
+        """Forget the message in flight ``pid`` if it is at ``step`` (1: PUBACK
+        awaited, 2: PUBREC, 3: PUBCOMP); False for an unknown one."""
         s = self.session
         out = s.inflight.get(pid)
         if out is None or out.state != step:
             log.debug("mqtt %s: acknowledgement of unknown packet id %d", self.peer, pid)
-            return
+            return False
         del s.inflight[pid]
         if out.share is not None:
             self.door.shares.ack(out.share)
         self.door.store.mark(s)
+        return True
+
+    def _refill(self) -> None:
+        """Room in the window: send what waits, wake the catch-up and the share groups."""
+        s = self.session
         window = self.window()
         while self.waiting and len(s.inflight) < window:
             self._send(*self.waiting.popleft())
@@ -695,8 +773,21 @@ class MqttConnection(asyncio.Protocol):
             self.write_now(frame)
 
     def write_now(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def cork(self) -> None:
+        """Hold what ``write_now`` is given until ``uncork``: the frames of one
+        fan-out pass go out in one write, not one each."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        held, self._corked = self._corked, None
+        if held:
+            self.write_now(b"".join(held))
 
     def _end(self, publish_will: bool) -> None:
         if self.closed:
@@ -707,6 +798,7 @@ class MqttConnection(asyncio.Protocol):
             self._timer = None
         if self.client_id is not None and self.door.clients.get(self.client_id) is self:
             del self.door.clients[self.client_id]
+            self.door.subscriptions_changed()
         will, self.will = self.will, None
         if publish_will and will is not None and self.connected and not self.hub.shutting_down:
             self._will_out(will)
