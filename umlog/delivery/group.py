@@ -40,7 +40,9 @@ core's lock, which is held while reading partitions).
 
 from __future__ import annotations
 
+import bisect
 import logging
+import operator
 import random
 import struct
 import threading
@@ -70,6 +72,9 @@ LOST_REASON = "dead letter interrupted by a crash; its reason was lost"
 _i32 = struct.Struct(">i")
 _i64 = struct.Struct(">q")
 SETTLE_KINDS = ("accept", "release", "reject", "gap", "renew")
+READ_AHEAD = 1_000  # most never-delivered records decoded per partition read (see _Core._fresh)
+READ_AHEAD_BYTES = 1 << 20  # ... and about this many bytes of values
+_offset = operator.attrgetter("offset")
 
 
 class InvalidRecordStateError(UmlogError):
@@ -173,6 +178,9 @@ class _Core:
         self._seq = 0
         self._rr = 0
         self._windows: dict[tuple[str, int], Window] = {}
+        # Read-ahead of never-delivered records per partition: (offset it starts
+        # at, records from there on, bytes of a record), see _fresh.
+        self._ahead: dict[tuple[str, int], tuple[int, list, int]] = {}
         for t in self.topics:
             broker.topic(t)  # UnknownTopicError before anything is written
         with self._lock:
@@ -238,6 +246,7 @@ class _Core:
         with self._lock:
             for k in [k for k in self._windows if k[0] == topic]:
                 del self._windows[k]
+                self._ahead.pop(k, None)
 
     def _on_append(self, p) -> None:
         if p.topic in self.topics:
@@ -309,19 +318,42 @@ class _Core:
             need = max_records - len(out)
             room = self.max_in_flight - w.span
             if need > 0 and room > 0 and w.end < p.end_offset:
-                try:
-                    fresh = list(p.read(w.end, max_records=min(need, room)))
-                except OffsetOutOfRangeError:  # retention ran meanwhile: next call
-                    fresh = []
+                fresh = self._fresh(w, p, min(need, room))
                 # the hot path: one native call locks the batch (_lock_entry and _why_dead inlined)
                 end = share_take_fresh(fresh, w.entries, handle, now_m + self.lock_ms / 1000, w.topic, w.partition,
                                        w.start + self.max_in_flight, self._why_dead, now_w, out, dead, w)
                 if end >= 0:
                     w.end = end
                     dirty.add(w)
+                    self._keep_ahead(w)
         self._commit(dirty, dead)
         # when to look again matters only to a caller that got nothing (it waits)
         return out, bool(dead), None if out else self._next_due_s(now_m, now_w)
+
+    def _fresh(self, w: Window, p, n: int) -> list:
+        """Up to ``n`` records of ``p`` from ``w.end`` on. A read costs a seek and a
+        chunk of the segment however few records it decodes, so it decodes up to
+        READ_AHEAD records (about READ_AHEAD_BYTES of values, going by the size
+        of the last read's first record; only ``n`` while that is not known) and
+        keeps the rest for the next calls while they start at ``w.end``."""
+        key = (w.topic, w.partition)
+        start, records, size = self._ahead.get(key, (-1, [], 0))
+        if start != w.end or len(records) < n:
+            want = max(n, min(READ_AHEAD, READ_AHEAD_BYTES // size)) if size else n
+            try:
+                records = list(p.read(w.end, max_records=want))
+            except OffsetOutOfRangeError:  # retention ran meanwhile: next call
+                records = []
+            if records:
+                size = max(1, len(records[0].value or b"") + len(records[0].key or b""))
+            self._ahead[key] = (w.end, records, size)
+        return records[:n]
+
+    def _keep_ahead(self, w: Window) -> None:
+        """Drop the read-ahead records an acquire took (those below ``w.end``)."""
+        key = (w.topic, w.partition)
+        _, records, size = self._ahead[key]
+        self._ahead[key] = (w.end, records[bisect.bisect_left(records, w.end, key=_offset):], size)
 
     def _lock_entry(self, e: Entry, r, w: Window, handle, now_m: float) -> ShareRecord:
         e.state, e.aux = ACQUIRED, 0
