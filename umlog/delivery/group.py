@@ -54,7 +54,8 @@ from ..errors import OffsetOutOfRangeError, TopicExistsError, UmlogError, Unknow
 from .state import ACKED, ACQUIRED, ARCHIVED, AVAILABLE, DEAD_PENDING, DONE, Entry, Window, decode_window, encode_window
 from .store import ShareStateStore
 
-__all__ = ["ShareGroup", "ShareGroups", "ShareRecord", "InvalidRecordStateError", "TTL_HEADER", "DLT_HEADERS"]
+__all__ = ["ShareGroup", "ShareGroups", "ShareRecord", "InvalidRecordStateError", "TTL_HEADER", "DLT_HEADERS",
+           "saved_share_groups", "delete_share_group"]
 
 log = logging.getLogger("umlog.delivery")
 
@@ -139,6 +140,22 @@ class ShareGroups:
         for core in cores:
             core.forget_topic(topic)
         self.store.delete_topic(topic)
+
+    def delete(self, name: str) -> None:
+        """Delete share group ``name``: its saved state goes (tombstones) and, if it
+        is open in this process, it is closed (its handles must not be used
+        again). A group opened again under the name starts afresh."""
+        with self._lock:
+            core = self._cores.pop(name, None)
+        if core is not None:
+            self.broker.remove_append_listener(core._on_append)
+        values = self.store.group_values(name)
+        if values:
+            self.store.write(name, {k: None for k in values})
+
+    def saved(self) -> list[str]:
+        """The names of the share groups with saved state, open or not."""
+        return self.store.groups()
 
 
 class _Core:
@@ -657,6 +674,18 @@ class _Core:
                   for w in self._windows.values()]
         return describe_windows(self.broker, self.name, ws, self._wall_ms())
 
+    def available(self) -> list[tuple[str, int, list, int]]:
+        with self._lock:
+            out = []
+            for w in self._windows.values():
+                offsets = sorted(o for o, e in w.entries.items() if e.state == AVAILABLE)
+                try:
+                    got = self._read_offsets(self._partition(w), offsets) if offsets else {}
+                except (UnknownTopicError, IndexError):  # deleted this moment
+                    continue
+                out.append((w.topic, w.partition, [got[o] for o in offsets if o in got], w.end))
+        return out
+
 
 def _copy(e: Entry) -> Entry:
     return Entry(e.state, e.count, e.aux)
@@ -730,3 +759,20 @@ class ShareGroup:
     def describe(self) -> dict:
         """The group's windows summed up (what ``umlog share-groups describe`` prints)."""
         return self._core.describe()
+
+    def available(self) -> list[tuple[str, int, list, int]]:
+        """What waits to be handed out, per partition of the group: (topic,
+        partition, the records released and not acquired since, due now or after
+        their delay, the window's end: records from there on were never handed
+        out). Reads the released records (a protocol door counting a queue)."""
+        return self._core.available()
+
+
+def saved_share_groups(broker) -> list[str]:
+    """The names of the share groups with saved state in ``broker``'s data dir."""
+    return broker._share_groups().saved()
+
+
+def delete_share_group(broker, name: str) -> None:
+    """Delete share group ``name`` (saved state and open handles; see ``ShareGroups.delete``)."""
+    broker._share_groups().delete(name)

@@ -17,7 +17,6 @@ import collections
 import logging
 import struct
 import time
-from typing import Any
 
 from pamqp import commands as cmd
 from pamqp import encode as pencode
@@ -88,7 +87,7 @@ class Channel:
         self.consumers: dict[str, Consumer] = {}
         self.unacked: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self.next_tag = 0
-        self.handles: dict[str, Any] = {}  # queue name -> handle for basic.get
+        self.handles: dict[str, tuple] = {}  # queue name -> (its group, a handle of it) for basic.get
         self.all_handles: list = []
         self.content: list | None = None  # [exchange, key, mandatory, headers, props, size, chunks, got]
         self.confirm = False
@@ -831,9 +830,10 @@ class AmqpConnection(asyncio.Protocol):
         q_touch(q)
         if q.max_length is not None:
             q.enforce_max_length()
-        handle = ch.handles.get(q.name)
-        if handle is None or handle._core is not q.group._core:
-            handle = ch.handles[q.name] = q.group.sibling()
+        group, handle = ch.handles.get(q.name, (None, None))
+        if group is not q.group:  # none yet, or the queue was declared anew since
+            handle = q.group.sibling()
+            ch.handles[q.name] = (q.group, handle)
             ch.all_handles.append(handle)
         rec = q.get_one(handle)
         if rec is None:

@@ -127,12 +127,13 @@ class AmqpDoor(Door):
         self._forget_groups({q.group_name for q in self.queues.values()})
 
     def _forget_groups(self, keep: set) -> None:
-        """Tombstones for the saved state of AMQP share groups not in ``keep``."""
+        """Delete the saved state of AMQP share groups not in ``keep``."""
+        from umlog.delivery.group import delete_share_group, saved_share_groups
+
         try:
-            store = self.broker._share_groups().store  # the engine's share-group state store
-            for g in store.groups():
+            for g in saved_share_groups(self.broker):
                 if g.startswith("amqp:") and g not in keep:
-                    store.write(g, {k: None for k in store.group_values(g)})
+                    delete_share_group(self.broker, g)
         except Exception:
             log.exception("amqp: dropping the state of deleted queues failed")
 
@@ -315,9 +316,10 @@ class AmqpDoor(Door):
             q.owner.exclusive_queues.discard(q.name)
         if q.durable:
             self.save()
+        from umlog.delivery.group import delete_share_group
+
         try:
-            store = self.broker._share_groups().store
-            store.write(q.group_name, {k: None for k in store.group_values(q.group_name)})
+            delete_share_group(self.broker, q.group_name)
         except Exception:
             log.exception("amqp: dropping the state of queue %r failed", q.name)
 

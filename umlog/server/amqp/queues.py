@@ -376,21 +376,14 @@ class Queue:
             return n
         if self.group is None:
             return 0
-        from umlog.delivery.state import AVAILABLE
-
-        core = self.group._core  # the group's windows: read under its lock, as describe() does
-        with core._lock:
-            wins = [(w.topic, w.partition, w.end, sorted(o for o, e in w.entries.items() if e.state == AVAILABLE))
-                    for w in core._windows.values()]
-        for t, i, end, avail in wins:
+        for t, i, released, end in self.group.available():
+            for r in released:
+                if self.routed(t, i, r.offset, r.key, r.headers) and not self.expired(r, now_ms):
+                    n += 1
             try:
                 p = broker.topic(t).partitions[i]
             except Exception:
                 continue
-            if avail:
-                for r in core._read_offsets(p, avail).values():
-                    if self.routed(t, i, r.offset, r.key, r.headers) and not self.expired(r, now_ms):
-                        n += 1
             if end < p.end_offset:
                 for r in p.read(max(end, p.start_offset)):
                     scanned += 1
