@@ -47,8 +47,9 @@ and audited either way. SUBSCRIBE needs READ on at least one log topic the
 filter can be fed from (0x87 in MQTT 5, 0x80 in 3.1.1); messages of log
 topics the principal may not READ are never delivered to it.
 
-What this door does not do yet, and says so to clients where MQTT 5 can:
-subscription identifiers (announced unavailable).
+MQTT 5 subscription identifiers are kept with each subscription (in the
+session record too) and every message delivered for one carries them: one
+copy per message, with the identifiers of all the subscriptions it matched.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ _HEADER_PROPERTIES = {h: p for p, h in _PROPERTY_HEADERS.items()}
 _RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, QOS2_ID_HEADER, *_HEADER_PROPERTIES}
 # The headers of a message with no retain flag and no properties, by QoS (most messages).
 _PLAIN_HEADERS = tuple(((QOS_HEADER, b"%d" % qos),) for qos in range(3))
+_PLAIN_QOS = {b"0": 0, b"1": 1, b"2": 2}
 _ROUTED_NAMES = 4096  # topic names whose log topic (log_topic) and audience (_audience) are kept
 
 
@@ -112,8 +114,17 @@ def record_headers(qos: int, retain: bool, props: dict) -> Sequence[tuple[str, b
     return h
 
 
+def with_ids(props: dict, ids: tuple) -> dict:
+    """``props`` of a message as sent to one subscriber: with the identifiers of
+    its subscriptions the message matched, if any (shared ``props`` untouched)."""
+    return {**props, "subscription_identifier": list(ids)} if ids else props
+
+
 def publish_fields(r, now_ms: int) -> tuple[int, bool, dict] | None:
     """(qos, retain, MQTT 5 properties) of a record, or None when it has expired."""
+    h = r.headers
+    if len(h) == 1 and h[0][0] == QOS_HEADER and h[0][1] in _PLAIN_QOS:  # most records: no look further
+        return _PLAIN_QOS[h[0][1]], False, {}
     qos, retain, props = 1, False, {}
     users = []
     for k, v in r.headers:
@@ -197,12 +208,12 @@ class Fanout:
     def _pump(self) -> bool:
         """Deliver what was appended since the last look; True if anything was.
 
-        Every connection's frames of one pump go out in one write (``cork``)."""
+        Every connection's frames of one pump go out in one write: while
+        ``door.corked`` is a list, a connection given a frame holds it and
+        joins the list (``MqttConnection.write_now``), and is uncorked at the end."""
         moved = False
         now_ms = time.time_ns() // 1_000_000
-        conns = list(self.door.clients.values())
-        for conn in conns:
-            conn.cork()
+        corked = self.door.corked = []
         try:
             for k, p in list(self.partitions()):
                 start = self.cursors[k]
@@ -215,7 +226,8 @@ class Fanout:
                 self.cursors[k] = records[-1].offset + 1 if records else end
                 self._hand_out(k, records, now_ms)
         finally:
-            for conn in conns:
+            self.door.corked = None
+            for conn in corked:
                 conn.uncork()
         return moved
 
@@ -251,6 +263,7 @@ class MqttDoor(Door):
         self.tailed = list(dict.fromkeys([self.topic_name, *(t for _, t in self.routes)]))
         self._routed: dict[str, str] = {}  # MQTT topic name -> its log topic (log_topic)
         self._audiences: dict[str, list] = {}  # MQTT topic name -> who subscribes (_audience)
+        self.corked: list | None = None  # during a fan-out pass: connections holding frames
         self.clients: dict[str, Any] = {}  # client id -> its connection (connected ones)
         self.retained: dict[str, Any] = {}  # MQTT topic name -> record
         self.fanout: Fanout | None = None
@@ -486,7 +499,7 @@ class MqttDoor(Door):
                 if fields is None:
                     return  # expired
             mqos, retain, props = fields
-            conn.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], props, loc)
+            conn.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], with_ids(props, qos[2]), loc)
 
     def _audience(self, name: str) -> list:
         """(connection, its subscriptions whose filter matches ``name``) for every

@@ -68,7 +68,7 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
-from .door import QOS2_ID, publish_fields
+from .door import QOS2_ID, publish_fields, with_ids
 from .session import NEVER, Outgoing, Session
 
 log = logging.getLogger("umlog.server.mqtt")
@@ -86,7 +86,6 @@ KEEP_ALIVE_TIMEOUT = 0x8D
 SESSION_TAKEN_OVER = 0x8E
 PACKET_ID_NOT_FOUND = 0x92
 TOPIC_ALIAS_INVALID = 0x94
-SUB_IDS_NOT_SUPPORTED = 0xA1
 BAD_USER_NAME_OR_PASSWORD = 0x86  # CONNACK, MQTT 5 (3.1.1: return code 4)
 NOT_AUTHORIZED = 0x87
 # Messages in flight to a persistent session (each is in its record), and how
@@ -122,7 +121,7 @@ class MqttConnection(asyncio.Protocol):
         # messages held by the receive maximum: (topic, payload, qos, retain, props, loc, share)
         self.waiting: collections.deque = collections.deque()
         self.outbox: list[bytes] = []
-        self._corked: list[bytes] | None = None  # frames held for one write (cork)
+        self._corked: list[bytes] | None = None  # frames held for one write (write_now)
         self.receive_maximum = 65535
         self.client_max_packet = codec.MAX_PACKET_SIZE
         self.handover = False  # taken over: the session goes on with the new connection
@@ -316,7 +315,7 @@ class MqttConnection(asyncio.Protocol):
             self.receive_maximum = p.properties.get("receive_maximum", 65535)
             self.client_max_packet = p.properties.get("maximum_packet_size", codec.MAX_PACKET_SIZE)
             props.update(topic_alias_maximum=TOPIC_ALIAS_MAXIMUM, retain_available=1,
-                         wildcard_subscription_available=1, subscription_identifier_available=0,
+                         wildcard_subscription_available=1,
                          shared_subscription_available=1, maximum_packet_size=self.door.max_packet_size)
         else:
             expiry = 0 if p.clean_start else None  # 3.1.1: a persistent session never expires
@@ -487,8 +486,7 @@ class MqttConnection(asyncio.Protocol):
     # --- subscriptions ----------------------------------------------------------------
 
     def _subscribe(self, p: Subscribe) -> None:
-        if self.version == 5 and "subscription_identifier" in p.properties:
-            raise MQTTError("subscription identifiers are not supported", SUB_IDS_NOT_SUPPORTED)
+        sub_id = self._subscription_identifier(p)
         s = self.session
         reasons, fresh = [], []
         for sub in p.subscriptions:
@@ -507,6 +505,10 @@ class MqttConnection(asyncio.Protocol):
                 continue
             existed = sub.filter in s.subs
             s.subs[sub.filter] = sub
+            if sub_id is None:
+                s.sub_ids.pop(sub.filter, None)
+            else:
+                s.sub_ids[sub.filter] = sub_id
             reasons.append(sub.qos)
             if share is not None:
                 self.door.shares.join(s, share, f)
@@ -522,8 +524,18 @@ class MqttConnection(asyncio.Protocol):
         self._write(Suback(p.packet_id, reasons))
         for sub in fresh:
             for name, r, (qos, _retain, props) in self.door.retained_for(sub.filter):
+                props = with_ids(props, () if sub_id is None else (sub_id,))
                 self.send_message(name, r.value or b"", min(qos, sub.qos), True, props,
                                   (r.topic, r.partition, r.offset))
+
+    def _subscription_identifier(self, p: Subscribe) -> int | None:
+        """The subscription identifier of an MQTT 5 SUBSCRIBE (at most one), or None."""
+        ids = p.properties.get("subscription_identifier") if self.version == 5 else None
+        if not ids:
+            return None
+        if len(ids) > 1:
+            raise codec.ProtocolError("a SUBSCRIBE with more than one subscription identifier")
+        return ids[0]
 
     def _may_subscribe(self, f: str) -> bool:
         """READ on at least one log topic the filter can be fed from (a denial of
@@ -539,6 +551,7 @@ class MqttConnection(asyncio.Protocol):
         reasons = []
         for f in p.filters:
             s.since.pop(f, None)
+            s.sub_ids.pop(f, None)
             found = s.subs.pop(f, None) is not None
             reasons.append(SUCCESS if found else NO_SUBSCRIPTION_EXISTED)
             if found:
@@ -552,21 +565,25 @@ class MqttConnection(asyncio.Protocol):
         self.door.subscriptions_changed()
         self._write(Unsuback(p.packet_id, reasons if self.version == 5 else None))
 
-    def matching_qos(self, name: str, origin, key: tuple[str, int], offset: int) -> tuple[int, bool] | None:
-        """(highest QoS, retain as published) over this session's filters that match
-        the record at ``key``/``offset``, or None."""
+    def matching_qos(self, name: str, origin, key: tuple[str, int], offset: int) -> tuple[int, bool, tuple] | None:
+        """(highest QoS, retain as published, subscription identifiers) over this
+        session's filters that match the record at ``key``/``offset``, or None."""
         s = self.session
         if not self.connected or s is None or not s.subs:
             return None
         return self.best_qos([(f, sub) for f, sub in s.subs.items()
                               if not f.startswith("$share/") and topic_matches(f, name)], origin, key, offset)
 
-    def best_qos(self, subs, origin, key: tuple[str, int], offset: int) -> tuple[int, bool] | None:
-        """(highest QoS, retain as published) over ``subs`` ((filter, Subscription)
-        pairs whose filter matches the record's topic name) that take the record
-        at ``key``/``offset`` (no-local, subscribed before it), or None."""
-        since_of = self.session.since
+    def best_qos(self, subs, origin, key: tuple[str, int], offset: int) -> tuple[int, bool, tuple] | None:
+        """(highest QoS, retain as published, subscription identifiers) over
+        ``subs`` ((filter, Subscription) pairs whose filter matches the record's
+        topic name) that take the record at ``key``/``offset`` (no-local,
+        subscribed before it), or None. The one copy sent carries the
+        identifiers of every such subscription that has one (MQTT 5 3.3.4)."""
+        s = self.session
+        since_of, ids_of = s.since, s.sub_ids
         best = None
+        ids = ()
         for f, sub in subs:
             if sub.no_local and origin is self:
                 continue
@@ -575,7 +592,9 @@ class MqttConnection(asyncio.Protocol):
                 continue
             if best is None or sub.qos > best[0]:
                 best = (sub.qos, sub.retain_as_published)
-        return best
+            if ids_of and f in ids_of:
+                ids += (ids_of[f],)
+        return None if best is None else (*best, ids)
 
     # --- publish out -------------------------------------------------------------------
 
@@ -752,7 +771,8 @@ class MqttConnection(asyncio.Protocol):
                         nxt = r.offset
                         break
                     mqos, retain, props = fields
-                    self.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], props,
+                    self.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1],
+                                      with_ids(props, qos[2]),
                                       (k[0], k[1], r.offset))
                     room -= 1
                 nxt = r.offset + 1
@@ -773,18 +793,18 @@ class MqttConnection(asyncio.Protocol):
             self.write_now(frame)
 
     def write_now(self, data: bytes) -> None:
-        if self._corked is not None:
-            self._corked.append(data)
+        held = self._corked
+        if held is None and self.door.corked is not None:
+            # A fan-out pass: hold the frames until its end, then one write.
+            held = self._corked = []
+            self.door.corked.append(self)
+        if held is not None:
+            held.append(data)
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def cork(self) -> None:
-        """Hold what ``write_now`` is given until ``uncork``: the frames of one
-        fan-out pass go out in one write, not one each."""
-        if self._corked is None:
-            self._corked = []
-
     def uncork(self) -> None:
+        """Write the frames held during a fan-out pass (``Fanout._pump``)."""
         held, self._corked = self._corked, None
         if held:
             self.write_now(b"".join(held))
@@ -806,6 +826,7 @@ class MqttConnection(asyncio.Protocol):
         if self.door.store is not None:
             self.door.store.flush_now()
         self.hub.forget(self)
+        self.uncork()  # frames held by a fan-out pass go before the close
         if self.transport is not None:
             self.transport.close()
         if self.wakeup is not None:

@@ -41,7 +41,7 @@ Record value (JSON)::
     {"v": 1, "proto": 4|5, "expiry": seconds or null (never),
      "gone_at": ms when its last connection ended or null (connected),
      "subs": [[filter, qos, no_local, retain_as_published, retain_handling,
-               [[topic, partition, offset], ...]], ...],   # offsets: where it began
+               [[topic, partition, offset], ...], subscription id or null], ...],   # offsets: where it began
      "pos": [[topic, partition, offset], ...],
      "out": [[packet_id, topic, partition, offset, qos, state, retain], ...],
      "in2": [packet_id, ...], "next_id": n,
@@ -103,6 +103,7 @@ class Session:
         self.version = version
         self.expiry = expiry  # seconds; None: never; 0: ends with its connection
         self.subs: dict[str, Subscription] = {}  # every filter, "$share/..." ones included
+        self.sub_ids: dict[str, int] = {}  # filter -> its MQTT 5 subscription identifier, where it has one
         self.since: dict[str, dict[tuple[str, int], int]] = {}  # filter -> end offsets when subscribed
         self.pos: dict[tuple[str, int], int] = {}
         self.inflight: dict[int, Outgoing] = {}
@@ -161,7 +162,8 @@ class Session:
 
     def encode(self, pos: dict[tuple[str, int], int]) -> bytes:
         subs = [[f, s.qos, s.no_local, s.retain_as_published, s.retain_handling,
-                 [[t, p, o] for (t, p), o in sorted(self.since.get(f, {}).items())]] for f, s in self.subs.items()]
+                 [[t, p, o] for (t, p), o in sorted(self.since.get(f, {}).items())], self.sub_ids.get(f)]
+                for f, s in self.subs.items()]
         out = [[pid, o.loc[0], o.loc[1], o.loc[2], o.qos, o.state, o.retain]
                for pid, o in self.inflight.items() if o.loc is not None and (o.share is None)]
         v = {"v": 1, "proto": self.version, "expiry": None if self.expiry is None else self.expiry,
@@ -179,9 +181,11 @@ class Session:
             raise ValueError(f"session record version {v.get('v')!r}")
         s = cls(client_id, v["proto"], v["expiry"])
         s.gone_at = v.get("gone_at")
-        for f, qos, nl, rap, rh, since in v["subs"]:
+        for f, qos, nl, rap, rh, since, *sub_id in v["subs"]:
             s.subs[f] = Subscription(f, qos, bool(nl), bool(rap), rh)
             s.since[f] = {(t, p): o for t, p, o in since}
+            if sub_id and sub_id[0] is not None:
+                s.sub_ids[f] = sub_id[0]
         s.pos = {(t, p): o for t, p, o in v["pos"]}
         for pid, t, p, o, qos, state, retain in v["out"]:
             out = Outgoing("", b"", {}, qos, bool(retain), (t, p, o))

@@ -148,7 +148,7 @@ class Shares:
             self.schedule()
 
     def _pump_one(self, sub: SharedSub) -> bool:
-        from .door import publish_fields
+        from .door import publish_fields, with_ids
 
         sent = 0
         while sent < _PER_PUMP:
@@ -169,7 +169,9 @@ class Shares:
                 sent += len(recs)
                 done = []
                 now_ms = time.time_ns() // 1_000_000
-                subscription = s.subs.get(f"$share/{sub.group}/{sub.filter}")
+                shared_filter = f"$share/{sub.group}/{sub.filter}"
+                subscription = s.subs.get(shared_filter)
+                sub_id = s.sub_ids.get(shared_filter)
                 for rec in recs:
                     name = _topic_name(rec)
                     fields = None if name is None or not topic_matches(sub.filter, name) else publish_fields(
@@ -178,6 +180,7 @@ class Shares:
                         done.append(rec)
                         continue
                     mqos, _retain, props = fields
+                    props = with_ids(props, () if sub_id is None else (sub_id,))
                     qos = min(subscription.qos, mqos)
                     loc = (rec.topic, rec.partition, rec.offset)
                     if qos == 0:
