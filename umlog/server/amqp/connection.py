@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import operator
 import struct
 import time
 
@@ -66,6 +68,7 @@ _head = struct.Struct(">BHI")
 _method_id = struct.Struct(">HH")
 PUBLISH, ACK = (60, 40), (60, 80)
 PUBLISH_ID = b"\x00\x3c\x00\x28"
+_OWNER, _RECORD = operator.itemgetter(0), operator.itemgetter(1)
 # the exchange name of a record's topic, as basic.deliver carries it
 EXCHANGE_NAMES: dict[str, bytes] = {DEFAULT_EXCHANGE_TOPIC: b""}
 _WRITE_HIGH = 4 * 1024 * 1024  # deliveries wait while this much is unsent to the client
@@ -85,6 +88,7 @@ class Channel:
         self.prefetch = 0  # for consumers made from now on (per_consumer_qos)
         self.global_prefetch = 0
         self.consumers: dict[str, Consumer] = {}
+        # delivery tag -> ((consumer or None, handle, queue), record), oldest first
         self.unacked: collections.OrderedDict[int, tuple] = collections.OrderedDict()
         self.next_tag = 0
         self.handles: dict[str, tuple] = {}  # queue name -> (its group, a handle of it) for basic.get
@@ -124,7 +128,7 @@ class Channel:
         else:
             m = get_ok_method(tag, redelivered, exchange, key, get_count)
         if not no_ack:
-            self.unacked[tag] = (consumer, handle, rec, q)
+            self.unacked[tag] = ((consumer, handle, q), rec)
             if consumer is not None:
                 consumer.unacked += 1
         conn = self.conn
@@ -142,9 +146,7 @@ class Channel:
         first = self.next_tag + 1
         self.next_tag += len(recs)
         if not c.no_ack:
-            un, h = self.unacked, c.handle
-            for tag, rec in enumerate(recs, first):
-                un[tag] = (c, h, rec, q)
+            self.unacked.update(zip(range(first, first + len(recs)), zip(itertools.repeat((c, c.handle, q)), recs)))
             c.unacked += len(recs)
         conn = self.conn
         conn.write(amqp_deliver_frames(recs, self.number, c.tag_bytes, first, conn.frame_max, EXCHANGE_NAMES))
@@ -849,25 +851,33 @@ class AmqpConnection(asyncio.Protocol):
         un = ch.unacked
         if multiple:
             # tags are handed out in order, so those up to ``tag`` are the oldest entries
-            entries = []
-            while un:
-                t = next(iter(un))
-                if tag and t > tag:
-                    break
-                entries.append(un.popitem(last=False)[1])
+            if not tag or (un and next(reversed(un)) <= tag):
+                entries = list(un.values())
+                un.clear()
+            else:
+                n = 0
+                for t in un:
+                    if t > tag:
+                        break
+                    n += 1
+                entries = [un.popitem(last=False)[1] for _ in range(n)]
         else:
             if tag not in un:
                 raise AmqpError(PRECONDITION_FAILED, f"PRECONDITION_FAILED - unknown delivery tag {tag}")
             entries = [un.pop(tag)]
-        by_handle: dict = {}
+        by_owner: dict[tuple, list] = {}
+        for owner, run in itertools.groupby(entries, key=_OWNER):  # a run: deliveries of one batch
+            recs = by_owner.get(owner)
+            if recs is None:
+                recs = by_owner[owner] = []
+            recs += map(_RECORD, run)
         queues = set()
-        for c, handle, rec, q in entries:
+        for (c, handle, q), recs in by_owner.items():
             if c is not None:
-                c.unacked -= 1
+                c.unacked -= len(recs)
             queues.add(q)
-            if handle is not None:
-                by_handle.setdefault((id(handle), id(q)), (handle, q, []))[2].append(rec)
-        for handle, q, recs in by_handle.values():
+            if handle is None:
+                continue
             if how == "ack":
                 self.door.settle(handle.ack, recs, q)
             elif how == "requeue":
@@ -890,7 +900,7 @@ class AmqpConnection(asyncio.Protocol):
         for c in list(ch.consumers.values()):
             self._drop_consumer(c)
         ch.consumers.clear()
-        queues = {e[3] for e in ch.unacked.values()}
+        queues = {owner[2] for owner, _ in ch.unacked.values()}
         ch.unacked.clear()
         for h in ch.all_handles:
             try:
