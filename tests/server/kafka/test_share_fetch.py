@@ -7,6 +7,7 @@ have no share consumer.)"""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -25,9 +26,33 @@ if not hasattr(confluent_kafka, "ShareConsumer"):
 
 from confluent_kafka import AcknowledgeType, Consumer, Producer, ShareConsumer  # noqa: E402
 
-# Behind -m slow until fixed: on a loaded machine a ShareConsumer in implicit
-# mode was handed records it had already been given (the cause is not found);
-# the frame-level tests in test_share_fetch_protocol.py stay in the default run.
+# Behind -m slow until its cause is found: in a CI run of the whole suite on
+# 2 cores a ShareConsumer in implicit mode polled 91 records where 50 were
+# produced, and in explicit mode the released record came back with delivery
+# count 1. Not reproduced since: 16 runs of this module (9 of them with
+# UMLOG_TEST_TIME_SCALE=3 as in CI) and 130 of its first two scenarios alone,
+# each with 4 to 6 busy loops and an fsync loop beside them. What is known:
+#
+# * the engine cannot hand out one offset twice at delivery count 1: a count
+#   only grows (state.py's entries; a window is created only for a partition
+#   it has none of), across new share sessions, epoch errors and re-joins
+#   (test_share_fetch_protocol.py's test_no_offset_is_handed_out_twice_at_one_count);
+# * a released or unacked record comes back with the next count, after the
+#   lock at the latest; librdkafka's share consumer delivers only the offsets in a
+#   response's AcquiredRecords (rd_kafka_share_filter_acquired_records_...
+#   in rdkafka_fetcher.c), and when its share session resets (a transport
+#   error or time-out, INVALID_SHARE_SESSION_EPOCH, SHARE_SESSION_NOT_FOUND)
+#   it fails the acknowledgements it had not sent: those records come back
+#   once more, with the next count;
+# * the producer here was not idempotent: a produce it retried (a time-out
+#   on a loaded machine) would put the same values in the log twice, as new
+#   offsets each delivered with count 1, which fits both failures. It is
+#   idempotent now, and ``produce`` checks that the log grew by exactly what
+#   was produced.
+#
+# A failure now prints librdkafka's share-fetch log (acquired ranges, session
+# resets) and the server's log, so the next one says which of these it is.
+# The frame-level tests in test_share_fetch_protocol.py stay in the default run.
 pytestmark = pytest.mark.slow
 
 CHILD = os.path.join(os.path.dirname(__file__), "share_consumer_child.py")
@@ -38,7 +63,7 @@ LOCK_MS = int(scaled(3) * 1000)  # short locks: a killed consumer's records come
 def server(tmp_path_factory):
     s = ServeProcess(str(tmp_path_factory.mktemp("share") / "data"), "--share-auto-offset-reset", "earliest",
                      "--share-record-lock-duration-ms", str(LOCK_MS), "--share-dead-letter", "{group}.dlq",
-                     "--share-heartbeat-interval-ms", "500")
+                     "--share-heartbeat-interval-ms", "500", verbose=2)
     yield s
     s.stop()
 
@@ -49,13 +74,31 @@ def names(prefix: str) -> tuple[str, str]:
 
 
 def produce(bootstrap: str, topic: str, values, partitions: int | None = None) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    """Append ``values`` (idempotent: a retried produce never writes a value twice)
+    and check that the log grew by exactly that many records."""
+    before = end_offsets(bootstrap, topic, partitions or 1)
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for i, v in enumerate(values):
         if partitions:
             p.produce(topic, value=v, partition=i % partitions)
         else:
             p.produce(topic, value=v)
     assert p.flush(scaled(30)) == 0
+    after = end_offsets(bootstrap, topic, partitions or 1)
+    assert sum(after) - sum(before) == len(values), f"the log grew from {before} to {after} for {len(values)}"
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    """Each partition's end offset (0 while the topic does not exist)."""
+    from confluent_kafka import TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets", "allow.auto.create.topics": False})
+    try:
+        if topic not in c.list_topics(timeout=scaled(30)).topics:
+            return [0] * partitions
+        return [c.get_watermark_offsets(TopicPartition(topic, i), timeout=scaled(30))[1] for i in range(partitions)]
+    finally:
+        c.close()
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -66,9 +109,34 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 
 def share_consumer(bootstrap: str, group: str, topic: str, mode: str = "implicit") -> ShareConsumer:
-    c = ShareConsumer({"bootstrap.servers": bootstrap, "group.id": group, "share.acknowledgement.mode": mode})
+    """A subscribed ShareConsumer whose share-fetch log (acquired ranges, session
+    resets: librdkafka's ``fetch`` debug context) goes to ``CLIENT_LOG``."""
+    c = ShareConsumer({"bootstrap.servers": bootstrap, "group.id": group, "share.acknowledgement.mode": mode,
+                       "debug": "fetch", "logger": CLIENT_LOG})
     c.subscribe([topic])
     return c
+
+
+CLIENT_LOG = logging.getLogger("share-consumer-client")
+CLIENT_LOG.propagate = False
+
+
+@pytest.fixture(autouse=True)
+def client_log(request):
+    """librdkafka's share-fetch log of the test, printed (shown only when the test
+    fails) with the server's log: which delivery came from which response."""
+    servers = [request.getfixturevalue(n) for n in ("server", "queue_server") if n in request.fixturenames]
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())
+    CLIENT_LOG.addHandler(handler)
+    CLIENT_LOG.setLevel(logging.DEBUG)
+    yield
+    CLIENT_LOG.removeHandler(handler)
+    wanted = ("Acquired Records", "SHARESESSION", "reply error", "Resetting", "Disconnected", "AcknowledgementError")
+    print("\n".join(x for x in lines if any(w in x for w in wanted)))
+    for s in servers:
+        print(s.stderr_text())
 
 
 def poll_until(c: ShareConsumer, done, timeout: float = 30.0, each=None) -> list:

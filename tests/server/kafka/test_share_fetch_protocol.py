@@ -216,3 +216,33 @@ async def test_describe_shows_members_and_assignments(share_door, broker):  # no
     assert (m.member_id, m.member_epoch, m.subscribed_topic_names) == ("m1", hb.member_epoch, ("t",))
     assert [(tp.topic_id, tp.topic_name, tp.partitions) for tp in m.assignment.topic_partitions] == [(tid, "t", (0,))]
     assert nope.error_code == ErrorCode.group_id_not_found
+
+
+async def test_no_offset_is_handed_out_twice_at_one_count(share_door, broker):  # noqa: F811
+    """What a client sees across new share sessions, a bad epoch and a re-join:
+    an offset comes back only after it was released (its lock gone with the
+    member, or a release), each time with the next delivery count."""
+    tid, _ = await joined(share_door, broker, n=6)
+    seen: list = []
+
+    def took(r):
+        assert r.error_code == ErrorCode.none, r
+        for t in r.responses:
+            for p in t.partitions:
+                seen.extend((o, a.delivery_count) for a in p.acquired_records
+                            for o in range(a.first_offset, a.last_offset + 1))
+
+    took(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])], max_records=2)))  # 0-1
+    # a new session (epoch 0 again): what the member holds stays its own, the rest comes
+    took(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])], max_records=2)))  # 2-3
+    # a wrong epoch ends the session; the next one hands out only what is left
+    bad = await call(share_door, fetch("g", "m1", 5))
+    assert bad.error_code == ErrorCode.invalid_share_session_epoch
+    took(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])], max_records=10)))  # 4-5
+    assert sorted(seen) == [(o, 1) for o in range(6)]
+    # the member joins again under its id: everything it held is released, then handed out at count 2
+    await call(share_door, heartbeat("g", "m1", 0, ["t"]))
+    took(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])], max_records=10)))
+    # released by acknowledgement: count 3
+    took(await call(share_door, fetch("g", "m1", 1, [(tid, [(0, [(0, 5, [2])])])], max_records=10)))
+    assert sorted(seen) == [(o, c) for o in range(6) for c in (1, 2, 3)]
