@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pika
 import pytest
@@ -35,6 +36,7 @@ def test_durable_queues_and_persistent_messages_survive_a_restart(tmp_path, how)
         cch.basic_ack(got[0][0].delivery_tag)  # "0" acked; "2" and "4" held unacked
         # the ack is written before a later method on the channel is answered
         cch.queue_declare("billing", passive=True)
+        cch.queue_declare("lease", durable=True, arguments={"x-expires": 1500})  # unused from now on
         if how == "SIGKILL":
             s.proc.send_signal(signal.SIGKILL)
             s.proc.wait(scaled(10))
@@ -59,6 +61,11 @@ def test_durable_queues_and_persistent_messages_survive_a_restart(tmp_path, how)
             ch.confirm_delivery()
             ch.basic_publish("orders", "eu.fr", b"after")  # the binding survived too
             assert ch.basic_get("billing", auto_ack=True)[2] == b"after"
+            # an x-expires queue's lease starts again at the start: unused since, it is gone
+            time.sleep(scaled(2.0))
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                c.channel().queue_declare("lease", passive=True)
+            assert e.value.reply_code == 404
     finally:
         s.stop()
 

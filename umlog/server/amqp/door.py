@@ -124,6 +124,7 @@ class AmqpDoor(Door):
             for t in q.topics():
                 self._ensure_topic(t)
             q.open_group()
+            q_touch(q)  # x-expires counts from the start, as if declared then
         self._forget_groups({q.group_name for q in self.queues.values()})
 
     def _forget_groups(self, keep: set) -> None:
