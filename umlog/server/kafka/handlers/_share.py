@@ -43,6 +43,7 @@ __all__ = ["ShareSession", "sessions", "session_for", "drop_session", "requested
 ACK_KINDS = {0: "gap", 1: "accept", 2: "release", 3: "reject", 4: "renew"}
 _batch_head = struct.Struct(">qi")  # base offset, batch length
 _last_delta = struct.Struct(">i")  # at byte 23 of a RecordBatch v2
+_BATCH_HEAD_BYTES = 27  # through lastOffsetDelta
 READ_BYTES = 1 << 20  # bytes asked of read_batches per call (at least one whole batch comes)
 
 
@@ -129,36 +130,48 @@ def acquired_ranges(records) -> list[tuple[int, int, int]]:
 
 
 def stored_batches(p: Any, offsets: list[int]) -> list:
-    """The stored batches holding ``offsets`` (sorted), each once, in order."""
+    """The stored batches holding ``offsets`` (sorted), each once, in order.
+
+    ``read_batches`` answers whole batches back to back in one buffer, so each
+    buffer is walked batch by batch (a batch that holds no wanted offset is
+    left out); a wanted offset past the buffer is read again from there."""
     out = []
     i, n = 0, len(offsets)
     while i < n:
         try:
-            batches = p.read_batches(offsets[i], READ_BYTES)
+            chunks = p.read_batches(offsets[i], READ_BYTES)
         except errors.OffsetOutOfRangeError:
             break
-        if not batches:
+        if not chunks:
             break
-        progressed = False
-        for b in batches:
-            base, _ = _batch_head.unpack_from(b, 0)
-            last = base + _last_delta.unpack_from(b, 23)[0]
-            if offsets[i] < base:  # the next wanted offset is not here (a gap): read from it
+        before = i
+        for chunk in chunks:
+            i = _take_batches(memoryview(chunk), offsets, i, out)
+            if i == n:
                 break
-            if offsets[i] <= last:
-                out.append(b)
-                while i < n and offsets[i] <= last:
-                    i += 1
-                progressed = True
-                if i == n:
-                    break
-                if offsets[i] > last + 1 and offsets[i] - last > 64:
-                    break  # far ahead: read from it rather than through what lies between
-            else:
-                break
-        if not progressed:
+        if i == before:
             i += 1  # an offset no stored batch holds (gone meanwhile): skip it
     return out
+
+
+def _take_batches(buf: memoryview, offsets: list[int], i: int, out: list) -> int:
+    """Append to ``out`` the batches of ``buf`` (whole batches back to back) that
+    hold ``offsets[i:]``; the index of the first offset not found in ``buf``."""
+    pos, end, n = 0, len(buf), len(offsets)
+    while i < n and pos + _BATCH_HEAD_BYTES <= end:
+        base, length = _batch_head.unpack_from(buf, pos)
+        size = 12 + length
+        if pos + size > end:
+            break
+        last = base + _last_delta.unpack_from(buf, pos + 23)[0]
+        if offsets[i] < base:
+            break  # the wanted offset lies before this batch (a gap): the caller reads from it
+        if offsets[i] <= last:
+            out.append(buf[pos:pos + size])
+            while i < n and offsets[i] <= last:
+                i += 1
+        pos += size
+    return i
 
 
 def drop_session(door, group: str, member_id: str) -> None:
