@@ -40,8 +40,10 @@ Ordering:
 * ``"none"``: at most ``concurrency`` POSTs in flight, and up to twice as
   many records held: the pump acquires ``concurrency`` records at a time
   once that much room is free, so each acquire and each ack is one state
-  write per ``concurrency`` deliveries, and a connection that frees up finds
-  the next record already there. A retry is a
+  write per ``concurrency`` deliveries. Up to ``concurrency`` worker tasks
+  send the acquired records one after another: a worker that finishes one
+  takes the next at once, with no task or semaphore wait per record. A
+  retry is a
   ``release(delay_ms=...)`` to the share group: the record leaves the process
   and comes back through ``acquire`` when due, its delivery count raised by
   the share group; ``max_attempts`` is that delivery count.
@@ -389,6 +391,8 @@ class Webhook:
         self._sending = 0
         self._held = 0  # records acquired and not settled (in flight or waiting)
         self._keys: dict[tuple, deque] = {}
+        self._ready: deque = deque()  # ordering "none": acquired, not yet sent
+        self._workers = 0  # ordering "none": tasks sending them, at most concurrency
         self._sem = asyncio.Semaphore(config.concurrency)
         self._acks: list = []
         self._acks_timer: asyncio.TimerHandle | None = None
@@ -549,7 +553,10 @@ class Webhook:
         elif self.config.ordering == "key":
             self._spawn(self._deliver_held(r))
         else:
-            self._spawn(self._deliver_released(r))
+            self._ready.append(r)
+            if self._workers < self.config.concurrency:
+                self._workers += 1
+                self._spawn(self._deliver_ready())
 
     def _spawn(self, coro) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -562,6 +569,15 @@ class Webhook:
             self._wake.set()
 
     # -- deliveries ----------------------------------------------------------------------------
+
+    async def _deliver_ready(self) -> None:
+        """ordering "none": one of at most ``concurrency`` workers, each sending the
+        acquired records one after another (no task, no semaphore wait per record)."""
+        try:
+            while self._ready and not self._stopping:
+                await self._deliver_released(self._ready.popleft())
+        finally:
+            self._workers -= 1
 
     async def _deliver_released(self, r) -> None:
         """ordering "none": one attempt; a retry goes back to the share group."""
