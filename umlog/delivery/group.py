@@ -74,7 +74,7 @@ _i32 = struct.Struct(">i")
 _i64 = struct.Struct(">q")
 SETTLE_KINDS = ("accept", "release", "reject", "gap", "renew")
 READ_AHEAD = 1_000  # most never-delivered records decoded per partition read (see _Core._fresh)
-READ_AHEAD_BYTES = 1 << 20  # ... and about this many bytes of values
+READ_AHEAD_BYTES = 128 * 1024  # ... and about this many bytes of keys and values (memory: per partition read)
 _offset = operator.attrgetter("offset")
 
 
@@ -350,7 +350,7 @@ class _Core:
     def _fresh(self, w: Window, p, n: int) -> list:
         """Up to ``n`` records of ``p`` from ``w.end`` on. A read costs a seek and a
         chunk of the segment however few records it decodes, so it decodes up to
-        READ_AHEAD records (about READ_AHEAD_BYTES of values, going by the size
+        READ_AHEAD records (about READ_AHEAD_BYTES of keys and values, by the size
         of the last read's first record; only ``n`` while that is not known) and
         keeps the rest for the next calls while they start at ``w.end``."""
         key = (w.topic, w.partition)
