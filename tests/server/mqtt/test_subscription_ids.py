@@ -15,7 +15,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from server.kafka.serve_process import ServeProcess
-from server.mqtt.mqtt_clients import Paho
+from server.mqtt.mqtt_clients import Paho, Raw
+from umlog.server.mqtt.codec import Suback, Subscribe, Subscription
 
 
 def serve(data_dir) -> ServeProcess:
@@ -112,5 +113,33 @@ def test_identifiers_outlive_a_restart_in_the_session(tmp_path):
         assert (m.payload, ids(m)) == (b"after the restart", [5])
         back.close()
         pub.close()
+    finally:
+        s.stop()
+
+
+def test_a_message_resent_after_a_restart_carries_its_identifier(tmp_path):
+    """Sent, not acknowledged, the server restarted: the resend (DUP), read
+    again from the log, carries the identifier too."""
+    s = serve(tmp_path / "data")
+    tag = uuid.uuid4().hex[:6]
+    cid = "ids-resend-" + tag
+    props = {"session_expiry_interval": 600}
+    try:
+        c = Raw(s.addresses["mqtt"], cid, version=5, clean_start=False, properties=props)
+        c.send(Subscribe(1, [Subscription(f"{tag}/#", 1)], {"subscription_identifier": [3]}))
+        assert c.next() == Suback(1, [1])
+        pub = Paho(s.addresses["mqtt"], mqtt.MQTTv5)
+        pub.publish(f"{tag}/x", b"unacknowledged")
+        pub.close()
+        first = c.next()
+        assert (first.payload, first.properties.get("subscription_identifier")) == (b"unacknowledged", [3])
+        c.close()
+        assert s.stop() == 0
+        s = serve(tmp_path / "data")
+        c = Raw(s.addresses["mqtt"], cid, version=5, clean_start=False, properties=props)
+        again = c.next()
+        assert (again.payload, again.dup, again.properties.get("subscription_identifier")) == (
+            b"unacknowledged", True, [3])
+        c.close()
     finally:
         s.stop()

@@ -662,7 +662,8 @@ class MqttConnection(asyncio.Protocol):
                     continue
                 out.topic = r.key.decode("utf-8", "replace")
                 out.payload = r.value or b""
-                out.props = fields[2]
+                m = self.matching_qos(out.topic, None, out.loc[:2], out.loc[2])
+                out.props = with_ids(fields[2], m[2] if m else ())
             frame = encode_publish(out.topic, out.payload, out.qos, out.retain, True, pid, out.props, self.version)
             self._write_frame(frame)
 
