@@ -722,7 +722,10 @@ class AmqpConnection(asyncio.Protocol):
             self._publish(ch, e, key, bool(bits & 1), headers, body)
 
     def _publish(self, ch: Channel, e, key: bytes, mandatory: bool, headers, body: bytes) -> None:
-        self.published = True
+        if not self.published:
+            self.published = True
+            if self.door.blocked and self.transport is not None:
+                self.transport.pause_reading()  # a new publisher is held by the disk alarm too (set_blocked)
         self._batch.append((ch, e, key, mandatory, headers, body))
         if ch.confirm:
             ch.seq += 1
