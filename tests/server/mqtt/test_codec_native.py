@@ -30,7 +30,8 @@ from umlog.server.mqtt.codec import (
     encode_varint,
 )
 
-topics = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=40)
+texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+topics = texts.filter(bool)
 payloads = st.binary(max_size=300)
 pids = st.integers(1, 65535)
 
@@ -41,7 +42,7 @@ def publishes(draw, version: int, props: bool = False):
     p = Publish(draw(topics), draw(payloads), qos, draw(st.booleans()), qos > 0 and draw(st.booleans()),
                 draw(pids) if qos else None)
     if props and version == 5 and draw(st.booleans()):
-        p.properties = {"content_type": draw(st.text(max_size=10)), "message_expiry_interval": draw(pids)}
+        p.properties = {"content_type": draw(texts), "message_expiry_interval": draw(pids)}
     return p
 
 
