@@ -2,7 +2,11 @@
 
 Frames are handled as they arrive, in ``data_received`` (nothing a method
 does waits, except publisher confirms, which wait for ``hub.durable`` in a
-task per channel, in order). A channel exception closes that channel
+task per channel, in order). Runs of whole basic.publish messages are read
+in one native call (``amqp_scan_publishes``), everything else frame by frame;
+the publishes of a read are appended together (one batch per exchange topic)
+before any other method is handled and at the end of the read, and confirmed
+with one ``basic.ack`` (multiple) per channel. A channel exception closes that channel
 (channel.close with the reply code; its frames are ignored until
 channel.close-ok); a connection exception sends connection.close and ignores
 everything but connection.close-ok. Deliveries still unacknowledged when
