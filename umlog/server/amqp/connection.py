@@ -97,7 +97,7 @@ class Channel:
         self.next_tag = 0
         self.handles: dict[str, tuple] = {}  # queue name -> (its group, a handle of it) for basic.get
         self.all_handles: list = []
-        self.content: list | None = None  # [exchange, key, mandatory, headers, props, size, chunks, got]
+        self.content: list | None = None  # [exchange, key, mandatory, headers, size, chunks, got]
         self.confirm = False
         self.seq = 0
         self.acked_seq = 0
@@ -430,7 +430,7 @@ class AmqpConnection(asyncio.Protocol):
                 raise AmqpError(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content frame without basic.publish",
                                 hard=True)
             if ftype == FRAME_HEADER:
-                if c[5] is not None:
+                if c[4] is not None:
                     raise AmqpError(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - a second content header", hard=True)
                 size, headers = parse_properties(payload)
                 if size > self.door.max_message_size:
@@ -439,18 +439,18 @@ class AmqpConnection(asyncio.Protocol):
                                        f"{size} is larger than the configured max size "
                                        f"{self.door.max_message_size}"), PUBLISH)
                     return
-                c[3], c[5] = headers, size
+                c[3], c[4] = headers, size
             else:
-                if c[5] is None:
+                if c[4] is None:
                     raise AmqpError(UNEXPECTED_FRAME, "UNEXPECTED_FRAME - body frame before the content header",
                                     hard=True)
-                c[6].append(payload)
-                c[7] += len(payload)
-                if c[7] > c[5]:
+                c[5].append(payload)
+                c[6] += len(payload)
+                if c[6] > c[4]:
                     raise AmqpError(FRAME_ERROR, "FRAME_ERROR - more body than the content header said", hard=True)
-            if c[7] == c[5]:
+            if c[6] == c[4]:
                 chan.content = None
-                body = c[6][0] if len(c[6]) == 1 else b"".join(c[6])
+                body = c[5][0] if len(c[5]) == 1 else b"".join(c[5])
                 self._publish(chan, c[0], c[1], c[2], c[3], body)
             return
         raise AmqpError(FRAME_ERROR, f"FRAME_ERROR - unknown frame type {ftype}", hard=True)
@@ -587,7 +587,7 @@ class AmqpConnection(asyncio.Protocol):
             except (IndexError, struct.error):
                 raise AmqpError(SYNTAX_ERROR, "SYNTAX_ERROR - bad basic.publish", hard=True) from None
             e = self._publish_exchange(exchange, immediate)
-            ch.content = [e, key, mandatory, None, None, None, [], 0]
+            ch.content = [e, key, mandatory, None, None, [], 0]
             return
         if mid == ACK:
             tag, multiple = parse_ack(payload)
