@@ -93,11 +93,6 @@ class Binding:
             table_cache.append(record_table(headers))
         return headers_match(self.arguments, table_cache[0])
 
-    def covers(self, partition: int, offset: int) -> bool:
-        if offset < self.since.get(partition, 0):
-            return False
-        return self.until is None or offset < self.until.get(partition, 1 << 62)
-
     def to_json(self) -> dict:
         return {"exchange": self.exchange, "type": self.type, "key": self.key,
                 "arguments": _jsonable(self.arguments),
@@ -198,8 +193,12 @@ class Queue:
         """Was this record routed to the queue (by a binding live at its offset)?"""
         k = b"" if key is None else bytes(key)
         cache: list = []
-        for b in self.bindings:
-            if b.topic == topic and b.covers(partition, offset) and b.routes(k, headers, cache):
+        for b in self.bindings:  # live at the offset, then the key (inline for direct ones): once per record
+            if b.topic != topic or offset < b.since.get(partition, 0):
+                continue
+            if b.until is not None and offset >= b.until.get(partition, 1 << 62):
+                continue
+            if k == b._key if b.type == "direct" else b.routes(k, headers, cache):
                 return True
         return False
 
@@ -328,7 +327,7 @@ class Queue:
         """None: deliver it; "skip": not routed here (acknowledged unseen); else a dead-letter reason."""
         if not self.routed(rec.topic, rec.partition, rec.offset, rec.key, rec.headers):
             return "skip"
-        if self.expired(rec, now_ms):
+        if (rec.headers or self.ttl_ms is not None) and self.expired(rec, now_ms):
             return "expired"
         if self.delivery_limit is not None and rec.delivery_count > self.delivery_limit + 1:
             return "delivery_limit"
