@@ -5,9 +5,11 @@ Theory of operation
 ``Broker.share_group(name, topics=...)`` returns a handle on the group's one
 ``_Core`` in this broker (``ShareGroups`` keeps them): every handle of a group,
 in any thread, works on the same windows (``state.Window``, one per partition
-of the group's topics) under the core's lock. A record is never copied: the
-window says which offsets are in flight, and records are read from the
-partition again each time they are handed out.
+of the group's topics) under the core's lock. A record is never copied into
+the state: the window says which offsets are in flight, and records are read
+from the partition again each time they are handed out (never-delivered ones
+through a small read-ahead per partition, ``_Core._fresh``). The per-record
+loops are native (``umlog/_native/share.pyx``), one call per batch.
 
 ``acquire`` walks the partitions round robin from a different one each call
 (so one busy partition does not starve the others). In each it first turns
