@@ -528,3 +528,11 @@ def mqtt_publish_frame(topic: str, payload: Buffer, flags: int, packet_id: int, 
     """The bytes of one PUBLISH: ``flags`` = DUP << 3 | QoS << 1 | RETAIN, the
     packet id left out at QoS 0, ``props`` already encoded (b"" in 3.1.1).
     ValueError for a topic over 65,535 bytes or a QoS >= 1 without a packet id."""
+
+def share_settle_check(acks: list[tuple[int, str]], entries: dict[int, ShareEntry], handle: Any, now_m: float,
+                       kinds: tuple[str, ...]) -> list[tuple[int, ShareEntry, str]] | None:
+    """The entries a settle by offset changes ([(offset, entry, kind)]; a gap with no
+    entry skipped), or None (nothing changed) if a kind is unknown or an offset not held."""
+
+def share_accept(held: list[tuple[int, ShareEntry, str]]) -> list[tuple[int, ShareEntry, str]]:
+    """ACKED for the accept and gap entries; the others returned in order."""

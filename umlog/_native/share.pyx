@@ -215,3 +215,43 @@ def share_encode_window(int version, int64_t start, int64_t end, dict entries):
         umlog_store_be64(p + 7, <uint64_t>e.aux)
         p += _ENTRY_SIZE
     return out
+
+
+def share_settle_check(list acks, dict entries, handle, double now_m, kinds):
+    """The entries ``acks`` (``[(offset, kind)]`` of one partition) settle, if every
+    kind is in ``kinds`` and every offset is held by ``handle`` (acquired through
+    it, its lock not expired), but for a ``gap`` on an offset with no entry
+    (skipped): ``[(offset, entry, kind)]``. None if one is not (nothing is
+    changed; the caller says why)."""
+    cdef ShareEntry e
+    cdef list held = []
+    for item in acks:
+        o, kind = item
+        if kind not in kinds:
+            return None
+        y = entries.get(o)
+        if y is None:
+            if kind == "gap":
+                continue
+            return None
+        e = <ShareEntry?>y
+        if e.state != _ACQUIRED or e.owner is not handle or e.deadline <= now_m:
+            return None
+        held.append((o, e, kind))
+    return held
+
+
+def share_accept(list held):
+    """ACKED for the ``accept`` and ``gap`` entries of ``[(offset, entry, kind)]``;
+    the others, in order, for the caller (release, reject, renew)."""
+    cdef ShareEntry e
+    cdef list rest = []
+    for item in held:
+        kind = item[2]
+        if kind == "accept" or kind == "gap":
+            e = <ShareEntry>item[1]
+            e.state = _ACKED
+            e.owner = None
+        else:
+            rest.append(item)
+    return rest

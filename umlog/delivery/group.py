@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .._native.core import ShareRecord, share_ack, share_scan_window, share_take_fresh
+from .._native.core import ShareRecord, share_accept, share_ack, share_scan_window, share_settle_check, share_take_fresh
 from ..errors import OffsetOutOfRangeError, TopicExistsError, UmlogError, UnknownTopicError
 from .state import ACKED, ACQUIRED, ARCHIVED, AVAILABLE, DEAD_PENDING, DONE, Entry, Window, decode_window, encode_window
 from .store import ShareStateStore
@@ -512,27 +512,19 @@ class _Core:
         one batch. ``gap`` says the offset is not a record: done if held,
         ignored when the window has no entry for it; ``renew`` extends the lock."""
         released = False
+        acks = acks if isinstance(acks, list) else list(acks)
         with self._lock:
             now_m = self._mono()
             w = self._windows.get((topic, partition))
-            held = []
-            for o, kind in acks:
-                if kind not in SETTLE_KINDS:
-                    raise ValueError(f"unknown acknowledgement kind {kind!r}")
-                e = None if w is None else w.entries.get(o)
-                if e is None and kind == "gap":
-                    continue
-                if e is None or e.state != ACQUIRED or e.owner is not handle or e.deadline <= now_m:
-                    raise InvalidRecordStateError(f"{topic}-{partition}@{o} is not held by this handle (never "
-                                                  "acquired by it, settled, or its lock expired)")
-                held.append((o, e, kind))
+            held = share_settle_check(acks, {} if w is None else w.entries, handle, now_m, SETTLE_KINDS)
+            if held is None:
+                self._refuse_settle(w, topic, partition, acks, handle, now_m)
             if not held:
                 return
-            now_w, dead, dirty = self._wall_ms(), [], False
-            for o, e, kind in held:
-                if kind in ("accept", "gap"):
-                    e.state, e.owner, dirty = ACKED, None, True
-                elif kind == "release":
+            rest = share_accept(held)  # accept and gap: done (native, the common case)
+            now_w, dead, dirty = self._wall_ms(), [], len(rest) < len(held)
+            for o, e, kind in rest:
+                if kind == "release":
                     self._fail(w, o, e, now_w, delay_ms, dead, "released")
                     released = dirty = True
                 elif kind == "reject":
@@ -544,6 +536,20 @@ class _Core:
                 self._commit({w}, dead)
         if released:
             self._notify()
+
+    @staticmethod
+    def _refuse_settle(w, topic: str, partition: int, acks: list, handle, now_m: float) -> None:
+        """Raise for the first of ``acks`` that ``settle`` may not apply."""
+        for o, kind in acks:
+            if kind not in SETTLE_KINDS:
+                raise ValueError(f"unknown acknowledgement kind {kind!r}")
+            e = None if w is None else w.entries.get(o)
+            if e is None and kind == "gap":
+                continue
+            if e is None or e.state != ACQUIRED or e.owner is not handle or e.deadline <= now_m:
+                raise InvalidRecordStateError(f"{topic}-{partition}@{o} is not held by this handle (never "
+                                              "acquired by it, settled, or its lock expired)")
+        raise AssertionError("share_settle_check refused what settle may apply")
 
     def release_held(self, handle) -> int:
         """Release every record ``handle`` holds, available again at once (its
