@@ -263,6 +263,7 @@ class MqttDoor(Door):
         self.tailed = list(dict.fromkeys([self.topic_name, *(t for _, t in self.routes)]))
         self._routed: dict[str, str] = {}  # MQTT topic name -> its log topic (log_topic)
         self._audiences: dict[str, list] = {}  # MQTT topic name -> who subscribes (_audience)
+        self._by_filter: tuple[dict[str, list], list] | None = None  # the subscriptions, indexed (_filters)
         self.corked: list | None = None  # during a fan-out pass: connections holding frames
         self.clients: dict[str, Any] = {}  # client id -> its connection (connected ones)
         self.retained: dict[str, Any] = {}  # MQTT topic name -> record
@@ -509,23 +510,46 @@ class MqttDoor(Door):
         not once per message."""
         a = self._audiences.get(name)
         if a is None:
-            a = []
-            for conn in self.clients.values():
-                s = conn.session
-                if s is None:
-                    continue
-                subs = tuple((f, sub) for f, sub in s.subs.items()
-                             if not f.startswith("$share/") and topic_matches(f, name))
-                if subs:
-                    a.append((conn, subs))
+            exact, wild = self._filters()
+            found: dict[Any, list] = {}
+            for conn, f, sub in exact.get(name, ()):
+                found.setdefault(conn, []).append((f, sub))
+            for conn, f, sub in wild:
+                if topic_matches(f, name):
+                    found.setdefault(conn, []).append((f, sub))
+            a = [(conn, tuple(subs)) for conn, subs in found.items()]
             if len(self._audiences) >= _ROUTED_NAMES:
                 self._audiences.clear()
             self._audiences[name] = a
         return a
 
+    def _filters(self) -> tuple[dict[str, list], list]:
+        """The connected clients' subscriptions (shared ones aside) as (filter
+        without wildcards -> [(connection, filter, Subscription)], the ones with
+        wildcards), made again after ``subscriptions_changed``: a topic name is
+        looked up among the first and matched against the second only, so
+        10,000 clients on topics of their own cost one look-up, not 10,000 matches."""
+        if self._by_filter is None:
+            exact: dict[str, list] = {}
+            wild = []
+            for conn in self.clients.values():
+                s = conn.session
+                if s is None:
+                    continue
+                for f, sub in s.subs.items():
+                    if f.startswith("$share/"):
+                        continue
+                    if "+" in f or "#" in f:
+                        wild.append((conn, f, sub))
+                    else:
+                        exact.setdefault(f, []).append((conn, f, sub))
+            self._by_filter = (exact, wild)
+        return self._by_filter
+
     def subscriptions_changed(self) -> None:
         """A client connected or left, or its subscriptions changed: match again."""
         self._audiences.clear()
+        self._by_filter = None
 
     def retained_for(self, f: str):
         now_ms = time.time_ns() // 1_000_000
