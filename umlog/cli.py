@@ -73,6 +73,10 @@ def _setting_options(f):
 @_setting_options
 def serve(config_file: str | None, **options: Any) -> None:
     """Serve the data dir through every configured door until SIGTERM/SIGINT."""
+    # kio registers a hypothesis strategy for each of its types at import
+    # whenever hypothesis is importable (a test dependency): 0.5 s of start-up
+    # on a quiet machine, several on a busy one, for nothing the server uses.
+    sys.modules.setdefault("hypothesis", None)
     from umlog.server.door import all_settings
     from umlog.server.runner import serve as run
     from umlog.server.settings import SettingsError, load_file, resolve
