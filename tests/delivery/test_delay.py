@@ -4,6 +4,7 @@ on its topic once, in due order; batches split with gaps; refused headers."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -249,3 +250,40 @@ def test_cli_describe_delayed_shows_pending_and_next_due(tmp_path):
     d = cli.json("topics", "describe", "__delayed")["delayed"]
     assert d == {"pending": 2, "next_due_ms": nxt, "not_indexed": 0}
     assert "delayed records pending: 2" in cli("topics", "describe", "__delayed").out
+
+
+def test_an_index_ahead_of_a_log_that_lost_its_tail_is_rebuilt(data_dir, clock, caplog):
+    """Under fsync="never" a power cut can keep the index's pages (and the
+    delivery checkpoint) and lose the tail of ``__delayed``: the offsets the
+    index took in are then written again by new intents, which must be
+    delivered, and the lost ones must not be released in their place."""
+    import shutil
+
+    opts = {"cleaner_interval_ms": None, "delay_clock": clock, "fsync": "never"}
+    with umlog.open(data_dir, **opts) as b:
+        t = b.create_topic("t")
+        for i in range(5):
+            t.append(b"kept%d" % i, headers=later(1_000))
+        b.hooks.delay.scheduler.run_once()
+    tail = os.path.join(data_dir, DELAYED_TOPIC + "-0")
+    shutil.copytree(tail, data_dir + ".delayed")  # the log as the power cut will leave it
+    with umlog.open(data_dir, **opts) as b:
+        for i in range(5):
+            b.topic("t").append(b"lost%d" % i, headers=later(1_000))
+        s = b.hooks.delay.scheduler
+        s.run_once()
+        assert s.pending() == 10 and s.intake_position == 10
+    shutil.rmtree(tail)
+    shutil.copytree(data_dir + ".delayed", tail)
+    with caplog.at_level(logging.WARNING), umlog.open(data_dir, **opts) as b:
+        s = b.hooks.delay.scheduler
+        assert s.pending() == 5 and s.intake_position == 5
+        assert "rebuilding the index" in caplog.text
+        for i in range(3):
+            b.topic("t").append(b"new%d" % i, headers=later(1_000))
+        clock.advance(2)
+        s.run_once()
+        s.run_once()
+        got = sorted(v for _, v in values(b.topic("t").partition(0)))
+        assert got == sorted([b"kept%d" % i for i in range(5)] + [b"new%d" % i for i in range(3)])
+        assert s.pending() == 0

@@ -363,7 +363,26 @@ class DelayScheduler:
         # Everything below here was written by an earlier process: decided now,
         # before anything is appended (see "Intents").
         self._open_end = self.partition.end_offset
+        if self._state("intake", 0) > self._open_end:
+            self._rebuild()
         self._recover()
+
+    def _rebuild(self) -> None:
+        """Forget the index and take ``__delayed`` in again from its start.
+
+        The index is ahead of the log it was taken from: a power cut under
+        ``fsync="never"`` kept SQLite's pages and lost the log's tail. Its rows
+        for the lost intents would name the offsets new intents are about to
+        take, and its intake position would skip those, so it is rebuilt from
+        the log (the ``due`` records in it delete the rows they released)."""
+        log.warning("the delayed-delivery index has taken in %s up to offset %d, but the log ends at %d "
+                    "(its tail was lost with the power); rebuilding the index from the log",
+                    DELAYED_TOPIC, self._state("intake", 0), self._open_end)
+        db = self.db
+        db.execute("BEGIN")
+        db.execute("DELETE FROM pending")
+        db.execute("DELETE FROM state")
+        db.execute("COMMIT")
 
     # -- the index ------------------------------------------------------------------------------
 

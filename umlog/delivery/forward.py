@@ -105,6 +105,16 @@ class ForwardStream:
         self._checked: set[tuple[str, int]] = set()  # targets whose written count was compared
         self._skip: dict[tuple[str, int], int] = {}
         self._dirty: set[tuple[str, int]] = set()  # targets appended to since the last checkpoint
+        end = broker.topic(topic).partition(partition).end_offset
+        # A checkpoint past the source's end: a power cut under fsync="never"
+        # kept the checkpoint and lost the source's tail. The records appended
+        # at those offsets from now on are new ones, so the stream goes on from
+        # the end, and from what each target holds (its counts name the lost tail).
+        self._lost_tail = self.position is not None and self.position > end
+        if self._lost_tail:
+            log.warning("%r: the checkpoint is past the source's end %d (its tail was lost with the power); "
+                        "going on from there", self, end)
+            self.position = end
 
     def __repr__(self) -> str:
         return f"<ForwardStream {self.group} {self.source[0]}-{self.source[1]} at {self.position}>"
@@ -114,9 +124,12 @@ class ForwardStream:
         there: appended after the checkpoint, before a crash."""
         p = self.broker.topic(target[0]).partition(target[1])
         e = p.producer_state.entry(self.producer_id)
-        if e is None or not e.batches:
+        written = 0 if e is None or not e.batches else e.batches[-1].last_seq + 1
+        if self._lost_tail:
+            self.counts[target] = written
             return 0
-        written = e.batches[-1].last_seq + 1
+        if not written:
+            return 0
         ahead = (written - self.counts.get(target, 0)) % _SEQ
         if ahead >= _HALF:
             # The target has fewer than the checkpoint counted: it was deleted and
