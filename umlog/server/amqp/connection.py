@@ -891,6 +891,8 @@ class AmqpConnection(asyncio.Protocol):
                 self.door.settle(lambda rs, h=handle: h.release(rs, delay_ms=0), recs, q)
             else:
                 q.dead_letter(handle, [(r, "rejected") for r in recs])
+        if ch.global_prefetch:  # the room freed is the channel's: any of its consumers may use it
+            queues.update(c.queue for c in ch.consumers.values())
         for q in queues:
             q.kick()
 

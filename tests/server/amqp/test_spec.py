@@ -1,0 +1,229 @@
+"""The rest of the AMQP door's specification with real clients on the module's
+server: capabilities and consumer cancel notification, exchange and queue
+declare/delete options, maxlen dead letters, stream offsets, global prefetch,
+bodies at frame_max boundaries and of 10 MB, the default exchange's topic."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import time
+
+import pika
+import pytest
+from helpers import scaled, wait_until
+from pamqp import commands as cmd
+
+from server.amqp.amqp_helpers import Raw, connect, drain, name
+
+
+def test_start_announces_plain_and_the_capabilities(server):
+    r = Raw(server)
+    try:
+        r.send(b"AMQP\x00\x00\x09\x01")
+        start = r.frame()
+        assert isinstance(start, cmd.Connection.Start)
+        assert "PLAIN" in start.mechanisms.split()
+        caps = start.server_properties["capabilities"]
+        for cap in ("publisher_confirms", "basic.nack", "consumer_cancel_notify"):
+            assert caps[cap] is True, cap
+    finally:
+        r.close()
+
+
+def test_deleting_a_consumed_queue_sends_basic_cancel(server):
+    q = name("cancelled")
+    cancelled = []
+    with connect(server) as c:
+        ch = c.channel()
+        ch.queue_declare(q)
+        ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+        tag = ch.basic_consume(q, lambda *a: None)
+        with connect(server) as other:
+            assert other.channel().queue_delete(q).method.message_count == 0
+        wait_until(lambda: c.process_data_events(0.05) or cancelled, what="basic.cancel from the server")
+        assert cancelled == [tag]
+        assert ch.is_open  # a notification, not a channel error
+
+
+def test_exchange_passive_auto_delete_and_if_unused(server):
+    tag = name("xd")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.exchange_declare(f"{tag}.x", "direct")
+        ch.exchange_declare(f"{tag}.x", "direct", passive=True)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.exchange_declare(f"{tag}.missing", "direct", passive=True)
+        assert e.value.reply_code == 404
+        ch = c.channel()
+        q = ch.queue_declare(f"{tag}-q").method.queue
+        ch.queue_bind(q, f"{tag}.x", "k")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.exchange_delete(f"{tag}.x", if_unused=True)
+        assert e.value.reply_code == 406
+        ch = c.channel()
+        ch.queue_unbind(q, f"{tag}.x", "k")
+        ch.exchange_delete(f"{tag}.x", if_unused=True)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.exchange_declare(f"{tag}.x", "direct", passive=True)
+        assert e.value.reply_code == 404
+        # auto-delete: gone when its last binding goes, not before
+        ch = c.channel()
+        ch.exchange_declare(f"{tag}.ad", "fanout", auto_delete=True)
+        q2 = ch.queue_declare(f"{tag}-q2").method.queue
+        ch.queue_bind(q, f"{tag}.ad")
+        ch.queue_bind(q2, f"{tag}.ad")
+        ch.queue_unbind(q, f"{tag}.ad")
+        ch.exchange_declare(f"{tag}.ad", "fanout", passive=True)
+        ch.queue_delete(q2)  # its binding goes with it
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.exchange_declare(f"{tag}.ad", "fanout", passive=True)
+        assert e.value.reply_code == 404
+
+
+def test_queue_delete_if_unused_if_empty_and_declare_ok_counts(server):
+    q = name("qd")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.queue_declare(q)
+        for i in range(3):
+            ch.basic_publish("", q, b"%d" % i)
+        ch.basic_consume(q, lambda *a: None)  # prefetch 0: takes the three, unacked
+        other = c.channel()
+        wait_until(lambda: other.queue_declare(q, passive=True).method.consumer_count == 1, what="one consumer")
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            other.queue_delete(q, if_unused=True)
+        assert e.value.reply_code == 406
+        ch.close()  # the three come back
+        ch = c.channel()
+        ok = ch.queue_declare(q, passive=True).method
+        assert (ok.message_count, ok.consumer_count) == (3, 0)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.queue_delete(q, if_empty=True)
+        assert e.value.reply_code == 406
+        ch = c.channel()
+        assert ch.queue_delete(q, if_unused=True).method.message_count == 3
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.queue_declare(q, passive=True)
+        assert e.value.reply_code == 404
+
+
+def test_max_length_dead_letters_the_oldest_with_reason_maxlen(server):
+    tag = name("mldl")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.exchange_declare(f"{tag}.dlx", "fanout")
+        dlq = ch.queue_declare(f"{tag}-dlq").method.queue
+        ch.queue_bind(dlq, f"{tag}.dlx")
+        q = ch.queue_declare(f"{tag}-q", arguments={"x-max-length": 2,
+                                                    "x-dead-letter-exchange": f"{tag}.dlx"}).method.queue
+        before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        for i in range(5):
+            ch.basic_publish("", q, b"%d" % i)
+        assert ch.queue_declare(q, passive=True).method.message_count == 2
+        assert [ch.basic_get(q, auto_ack=True)[2] for _ in range(2)] == [b"3", b"4"]
+        dead = drain(ch, dlq, 3, auto_ack=True)
+    assert [b for _, _, b in dead] == [b"0", b"1", b"2"]
+    d = dead[0][1].headers["x-death"][0]
+    assert (d["reason"], d["queue"], d["count"], d["exchange"], d["routing-keys"]) == ("maxlen", q, 1, "", [q])
+    assert isinstance(d["time"], datetime.datetime)
+    assert before - datetime.timedelta(seconds=1) <= d["time"].replace(tzinfo=datetime.UTC) \
+        <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
+
+
+def _stream_bodies(c, ch, s, spec, n, publish_after=()) -> list[bytes]:
+    """The first n bodies a consumer of stream s from x-stream-offset spec gets,
+    publishing publish_after once it consumes."""
+    out = []
+
+    def on_message(ch_, m, p, b):
+        out.append(b)
+        ch.basic_ack(m.delivery_tag)
+
+    tag = ch.basic_consume(s, on_message, arguments={"x-stream-offset": spec})
+    for body in publish_after:
+        ch.basic_publish("", s, body)
+    wait_until(lambda: c.process_data_events(0.05) or len(out) >= n, what=f"{n} from {spec!r}")
+    c.process_data_events(0.2)  # and no more
+    ch.basic_cancel(tag)
+    return out
+
+
+def test_stream_offsets_last_next_and_timestamp(server):
+    s = name("stream-at")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(s, durable=True, arguments={"x-queue-type": "stream"})
+        ch.basic_qos(prefetch_count=100)
+        for i in range(3):
+            ch.basic_publish("", s, b"old%d" % i)
+        time.sleep(1.1)  # the scenario is time passing: a timestamp between the two batches (ms in the log)
+        cut = datetime.datetime.now(datetime.UTC)
+        time.sleep(0.01)
+        for i in range(2):
+            ch.basic_publish("", s, b"new%d" % i)
+        assert _stream_bodies(c, ch, s, cut.replace(tzinfo=None), 2) == [b"new0", b"new1"]
+        assert _stream_bodies(c, ch, s, "last", 1) == [b"new1"]
+        assert _stream_bodies(c, ch, s, "next", 1, publish_after=[b"later"]) == [b"later"]
+        assert _stream_bodies(c, ch, s, "first", 6) == [b"old0", b"old1", b"old2", b"new0", b"new1", b"later"]
+
+
+def test_global_prefetch_bounds_all_consumers_of_a_channel(server):
+    qs = [name("gq"), name("gq")]
+    with connect(server) as c:
+        ch = c.channel()
+        for q in qs:
+            ch.queue_declare(q)
+            for i in range(5):
+                ch.basic_publish("", q, b"%d" % i)
+        ch.basic_qos(prefetch_count=3, global_qos=True)
+        got = []
+        for q in qs:
+            ch.basic_consume(q, lambda ch_, m, p, b: got.append(m))
+        wait_until(lambda: c.process_data_events(0.05) or len(got) >= 3, what="3 deliveries")
+        c.process_data_events(0.3)
+        assert len(got) == 3
+        ch.basic_ack(0, multiple=True)
+        wait_until(lambda: c.process_data_events(0.05) or len(got) >= 6, what="3 more")
+        c.process_data_events(0.3)
+        assert len(got) == 6
+
+
+@pytest.mark.parametrize("frame_max", [4096, 131072])
+def test_bodies_at_frame_max_boundaries_and_of_10_mb(server, frame_max):
+    q = name("sizes")
+    room = frame_max - 8  # a body frame's payload
+    sizes = [0, 1, room - 1, room, room + 1, 2 * room, 2 * room + 1]
+    if frame_max == 131072:
+        sizes.append(10 * 1024 * 1024)
+    bodies = [os.urandom(n) for n in sizes]
+    with connect(server, frame_max=frame_max) as c:
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(q)
+        for b in bodies:
+            ch.basic_publish("", q, b)
+        got = drain(ch, q, len(bodies), auto_ack=True, timeout=30)
+        assert [len(b) for _, _, b in got] == sizes
+        assert [b for _, _, b in got] == bodies
+        ch.queue_delete(q)
+
+
+def test_the_default_exchange_is_the_topic_amq_default(server, kcat_bin):
+    q = name("dflt")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(q)
+        ch.basic_publish("", q, b"to the default", pika.BasicProperties(headers={"h": "v"}))
+        # a Kafka record in amq.default with the queue's name as key reaches the queue
+        subprocess.run([kcat_bin, "-b", server.bootstrap, "-P", "-t", "amq.default", "-K", "|"],
+                       input=f"{q}|from kafka\n".encode(), check=True, timeout=scaled(30))
+        got = drain(ch, q, 2, auto_ack=True)
+        assert [b for _, _, b in got] == [b"to the default", b"from kafka"]
+        assert got[1][0].exchange == "" and got[1][0].routing_key == q
+    out = subprocess.run([kcat_bin, "-b", server.bootstrap, "-C", "-t", "amq.default", "-o", "beginning", "-e",
+                          "-f", "%k|%s\n"], capture_output=True, check=True, timeout=scaled(30))
+    assert f"{q}|to the default".encode() in out.stdout.splitlines()
