@@ -219,7 +219,7 @@ def reap(proc: subprocess.Popen) -> None:
     proc.stdout.close()
 
 
-def test_a_killed_consumers_records_come_back_after_the_lock(server):
+def test_a_killed_consumers_records_come_back(server):
     topic, group = names("killed")
     produce(server.bootstrap, topic, [b"k%d" % i for i in range(10)])
     proc, lines = child(server, group, topic, "hold")
@@ -236,12 +236,47 @@ def test_a_killed_consumers_records_come_back_after_the_lock(server):
     finally:
         c.close()
     counts = {o: dc for _, o, dc, _ in got}
-    assert all(counts[o] == 2 for o in held), counts  # the second delivery, after the killed one's lock expired
+    assert all(counts[o] == 2 for o in held), counts  # the second delivery, once the killed one's connection closed
     # The rest were either never acquired, or acquired by the child's client in
     # the background (its fetches go on while the application holds a poll's
     # records) and never shown to it: a first or a second delivery.
     assert all(counts[o] in (1, 2) for o in set(range(10)) - held), counts
     assert len(got) == 10  # each once to the survivor
+
+
+def test_close_and_kill_release_records_well_before_the_lock(tmp_path):
+    """As Kafka: a consumer that closes (its share session ends) or dies (its
+    connection goes) gives its records back at once, not after the 2-minute lock."""
+    lock_s = 120
+    s = ServeProcess(str(tmp_path / "data"), "--share-auto-offset-reset", "earliest",
+                     "--share-record-lock-duration-ms", str(lock_s * 1000), verbose=2)
+    try:
+        topic, group = names("close")
+        produce(s.bootstrap, topic, [b"c%d" % i for i in range(5)])
+        c = share_consumer(s.bootstrap, group, topic, "explicit")
+        try:
+            first = c.poll(scaled(30))  # taken, never acknowledged
+            assert first and all(m.error() is None for m in first)
+        finally:
+            c.close()
+        proc, lines = child(s, group, topic, "hold")
+        try:
+            wait_until(lambda: any("held" in x for x in lines), lock_s / 2, "the child holding the records")
+            held = {x["got"][1] for x in lines if "got" in x}
+            assert held <= set(range(5)) and held
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            reap(proc)
+        c = share_consumer(s.bootstrap, group, topic)
+        try:
+            got = poll_until(c, lambda g: {o for _, o, _, _ in g} >= set(range(5)), timeout=lock_s / 2)
+        finally:
+            c.close()
+        counts = {o: dc for _, o, dc, _ in got}
+        assert all(counts[o] >= 2 for o in held), counts  # delivered again after the killed one
+        assert all(counts[m.offset()] >= 2 for m in first), counts
+    finally:
+        s.stop()
 
 
 @pytest.fixture

@@ -1,20 +1,47 @@
 """Share groups through the Kafka door, frame by frame (kio builds the requests and
-reads the answers): the happy path's AcquiredRecords and delivery counts, and the
+reads the answers): the happy path's AcquiredRecords and delivery counts, the
 error paths against the response Kafka sends (unknown member, fenced epoch, bad
-or missing share session, records not held)."""
+or missing share session, records not held), and the releases Kafka makes at
+once: a closed share session, a member leaving, its connection closing.
+
+Each member sends over its own connection, kept open as a consumer keeps it: a
+share session lives as long as the connection that opened it."""
 
 from __future__ import annotations
 
 import sys
+import weakref
 
 import pytest
+from helpers import wait_until_async
 from kio.index import load_response_schema
 from kio.schema.errors import ErrorCode
 
 from umlog.server.kafka.handlers._util import make
 
-from .kafka_frames import ms, request_class
-from .test_protocol import broker, call, door  # noqa: F401  (fixtures)
+from .kafka_frames import ms, read_response, request_class, request_frame
+from .test_protocol import broker, connect, door  # noqa: F401  (fixtures)
+
+_conns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # door -> {member id: (protocol, transport)}
+
+
+async def call(door, body):  # noqa: F811
+    """One request over the connection of the member it names (opened on its first)."""
+    conns = _conns.setdefault(door, {})
+    key = getattr(body, "member_id", None)
+    if key not in conns:
+        conns[key] = connect(door)
+    proto, tr = conns[key]
+    before = len(tr.frames())
+    proto.data_received(request_frame(body, before + 1))
+    await wait_until_async(lambda: len(tr.frames()) > before, 10, "the response")
+    return read_response(tr.frames()[before], type(body).__api_key__, type(body).__version__)[1]
+
+
+def hang_up(door, member: str) -> None:  # noqa: F811
+    """Close the member's connection (as a consumer process that dies)."""
+    proto, _ = _conns[door].pop(member)
+    proto.connection_lost(None)
 
 
 def mod_of(cls):
@@ -159,8 +186,16 @@ async def test_share_session_epochs_are_kafkas(share_door, broker, version):  # 
     await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])], version=version))
     bad = await call(share_door, fetch("g", "m1", 7, version=version))
     assert bad == fetch_error(version, ErrorCode.invalid_share_session_epoch, None)
-    # the bad epoch dropped the session: the right epoch now finds none
-    gone = await call(share_door, fetch("g", "m1", 1, version=version))
+    # as Kafka: a wrong epoch leaves the session as it was, the right epoch goes on with it
+    r = await call(share_door, fetch("g", "m1", 1, version=version))
+    assert r.error_code == ErrorCode.none
+    r = await call(share_door, acknowledge("g", "m1", 1, [], version=version))
+    assert r.error_code == ErrorCode.invalid_share_session_epoch
+    r = await call(share_door, acknowledge("g", "m1", 2, [], version=version))
+    assert r.error_code == ErrorCode.none
+    # a member without a session: SHARE_SESSION_NOT_FOUND
+    await call(share_door, heartbeat("g", "m9", 0, ["t"]))
+    gone = await call(share_door, fetch("g", "m9", 1, version=version))
     assert gone == fetch_error(version, ErrorCode.share_session_not_found, None)
     # acknowledgements never open a session
     r = await call(share_door, acknowledge("g", "m1", 0, [(tid, [(0, [(0, 0, [1])])])], version=version))
@@ -187,6 +222,79 @@ async def test_closing_the_session_releases_what_is_held(share_door, broker):  #
     r = await call(share_door, fetch("g", "m2", 0, [(tid, [(0, [])])]))
     got = [(x.first_offset, x.last_offset, x.delivery_count) for x in r.responses[0].partitions[0].acquired_records]
     assert got == [(1, 2, 2)]
+
+
+def ranges(r) -> list[tuple[int, int, int]]:
+    """(first, last, delivery count) of the first partition's AcquiredRecords."""
+    if not r.responses:
+        return []
+    return [(x.first_offset, x.last_offset, x.delivery_count) for x in r.responses[0].partitions[0].acquired_records]
+
+
+async def taken_by_another(door, tid) -> list[tuple[int, int, int]]:  # noqa: F811
+    """What a second member acquires (without waiting) right now."""
+    await call(door, heartbeat("g", "m2", 0, ["t"]))
+    return ranges(await call(door, fetch("g", "m2", 0, [(tid, [(0, [])])])))
+
+
+async def test_closing_the_session_by_share_fetch_releases_what_is_held(share_door, broker):  # noqa: F811
+    tid, _ = await joined(share_door, broker, n=3)
+    assert ranges(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))) == [(0, 2, 1)]
+    r = await call(share_door, fetch("g", "m1", -1, [(tid, [(0, [(0, 0, [1])])])]))
+    assert (r.error_code, r.responses[0].partitions[0].acknowledge_error_code) == (ErrorCode.none, 0)
+    assert ranges(r) == []  # a closing fetch acquires nothing
+    # released at once, not after the 30 s lock; the release itself did not count a delivery
+    assert await taken_by_another(share_door, tid) == [(1, 2, 2)]
+    r = await call(share_door, fetch("g", "m1", 1))
+    assert r.error_code == ErrorCode.share_session_not_found
+
+
+async def test_leaving_the_group_releases_what_is_held(share_door, broker):  # noqa: F811
+    tid, _ = await joined(share_door, broker, n=3)
+    assert ranges(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))) == [(0, 2, 1)]
+    r = await call(share_door, heartbeat("g", "m1", -1))
+    assert (r.error_code, r.member_epoch) == (ErrorCode.none, -1)
+    assert await taken_by_another(share_door, tid) == [(0, 2, 2)]
+
+
+async def test_a_closed_connection_releases_its_sessions_records(share_door, broker):  # noqa: F811
+    tid, _ = await joined(share_door, broker, n=3)
+    assert ranges(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))) == [(0, 2, 1)]
+    hang_up(share_door, "m1")
+    assert share_door.share_sessions.get(("g", "m1")) is None
+    assert await taken_by_another(share_door, tid) == [(0, 2, 2)]
+    # the member itself is still in the group (its heartbeats decide that): a new
+    # connection opens a new session
+    r = await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))
+    assert r.error_code == ErrorCode.none
+
+
+async def test_a_new_session_keeps_what_the_member_holds(share_door, broker):  # noqa: F811
+    """Epoch 0 over the same connection replaces the session (Kafka removes the
+    old one); the member's records stay its own, to acknowledge in the new one."""
+    tid, _ = await joined(share_door, broker, n=3)
+    assert ranges(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))) == [(0, 2, 1)]
+    assert ranges(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))) == []
+    r = await call(share_door, acknowledge("g", "m1", 1, [(tid, [(0, [(0, 2, [1])])])]))
+    assert r.responses[0].partitions[0].error_code == ErrorCode.none
+
+
+async def test_a_release_wakes_a_waiting_share_fetch(share_door, broker):  # noqa: F811
+    import asyncio
+    import time
+
+    from helpers import scaled
+
+    tid, _ = await joined(share_door, broker, n=2)
+    assert ranges(await call(share_door, fetch("g", "m1", 0, [(tid, [(0, [])])]))) == [(0, 1, 1)]
+    await call(share_door, heartbeat("g", "m2", 0, ["t"]))
+    await call(share_door, fetch("g", "m2", 0, [(tid, [(0, [])])]))
+    t0 = time.monotonic()
+    wait = asyncio.ensure_future(call(share_door, fetch("g", "m2", 1, max_wait=int(scaled(20) * 1000))))
+    await asyncio.sleep(0.05)  # the pacing of the scenario: the member leaves while m2 waits
+    await call(share_door, heartbeat("g", "m1", -1))
+    assert ranges(await wait) == [(0, 1, 2)]
+    assert time.monotonic() - t0 < scaled(10)
 
 
 async def test_long_poll_is_woken_by_an_append(share_door, broker):  # noqa: F811

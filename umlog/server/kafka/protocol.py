@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 from umlog.errors import RemoteProtocolError
 
 from .dispatch import dispatch
+from .handlers._share import close_connection_sessions
 
 if TYPE_CHECKING:
     from .door import KafkaDoor
@@ -122,6 +123,8 @@ class KafkaProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.door.hub.forget(self)
+        if self.door.share_sessions:
+            close_connection_sessions(self.door, self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._drain is not None and not self._drain.done():

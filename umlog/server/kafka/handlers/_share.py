@@ -11,8 +11,13 @@ What is Kafka's lives here and in the Kafka door:
   ShareFetch or ShareAcknowledge must carry. Epoch 0 opens one (a new one
   replaces the old; the member's acquired records stay its own), -1 closes it
   (after its acknowledgements, the member's remaining records are released),
-  any other epoch must be the session's next (else INVALID_SHARE_SESSION_EPOCH,
-  and the session is dropped) and needs a session (SHARE_SESSION_NOT_FOUND).
+  any other epoch must be the session's next (else INVALID_SHARE_SESSION_EPOCH;
+  the session stays, so the request can be sent again at the right epoch) and
+  needs a session (SHARE_SESSION_NOT_FOUND). A session belongs to the
+  connection that opened it: when that connection closes the session is
+  dropped and the member's acquired records are released at once, as when it
+  closes the session itself (``close_connection_sessions``). A release keeps
+  the delivery count the acquisition gave (a record at the limit is dead).
 * **acknowledgements**: batches of (first, last, types) per partition, one
   type for the whole range or one per offset (0 gap, 1 accept, 2 release,
   3 reject, 4 renew). A partition's batches of one request are applied as one
@@ -36,7 +41,8 @@ from kio.schema.errors import ErrorCode
 from umlog import errors
 from umlog.delivery.group import InvalidRecordStateError
 
-__all__ = ["ShareSession", "sessions", "session_for", "drop_session", "requested_acks", "topic_name",
+__all__ = ["ShareSession", "sessions", "session_for", "drop_session", "close_connection_sessions",
+           "release_member", "wake_partitions", "requested_acks", "topic_name",
            "parse_acks", "apply_acks", "stored_batches", "acquired_ranges", "ACK_KINDS", "error_of"]
 
 # AcknowledgeType of the wire -> the engine's settle kind
@@ -50,11 +56,12 @@ READ_BYTES = 1 << 20  # bytes asked of read_batches per call (at least one whole
 class ShareSession:
     """A member's share session on this node (see the module docstring)."""
 
-    __slots__ = ("group", "member_id", "epoch", "partitions")
+    __slots__ = ("group", "member_id", "conn", "epoch", "partitions")
 
-    def __init__(self, group: str, member_id: str) -> None:
+    def __init__(self, group: str, member_id: str, conn: Any = None) -> None:
         self.group = group
         self.member_id = member_id
+        self.conn = conn  # the connection that opened it (None in unit tests without one)
         self.epoch = 1  # the epoch the next request must carry
         self.partitions: dict[tuple[str, int], uuid.UUID] = {}  # (topic, partition) -> topic id
 
@@ -178,7 +185,39 @@ def drop_session(door, group: str, member_id: str) -> None:
     door.share_sessions.pop((group, member_id), None)
 
 
-def session_for(door, group: str, member_id: str, epoch: int, *, can_open: bool):
+def close_connection_sessions(door, conn) -> int:
+    """A connection closed: drop the share sessions it opened and release what
+    their members hold (Kafka releases a session's records when its connection
+    goes, rather than when their locks expire); returns how many records."""
+    cache = door.share_sessions
+    gone = [key for key, s in cache.items() if s.conn is conn] if cache else []
+    n = 0
+    for key in gone:
+        del cache[key]
+        n += release_member(door, door.hub.shares.member(*key))
+    return n
+
+
+def release_member(door, member) -> int:
+    """Release every record ``member`` holds, available again at once with the
+    delivery count they have, and wake the ShareFetches waiting on its
+    partitions; returns how many records."""
+    if member is None or member.handle is None:
+        return 0
+    n = member.handle.release_held()
+    if n:
+        wake_partitions(door, member.assignment)
+    return n
+
+
+def wake_partitions(door, assignment: dict) -> None:
+    """Wake the long polls waiting on ``{topic: [partition]}`` (records came back)."""
+    for topic, parts in assignment.items():
+        for p in parts:
+            door.hub.notify_append(topic, p)
+
+
+def session_for(door, group: str, member_id: str, epoch: int, *, can_open: bool, conn: Any = None):
     """(session, None) or (None, error code) for a request's ShareSessionEpoch (module docstring).
     Epoch -1 returns the session taken out of the cache (closed)."""
     key = (group, member_id)
@@ -186,7 +225,7 @@ def session_for(door, group: str, member_id: str, epoch: int, *, can_open: bool)
     if epoch == 0:
         if not can_open:
             return None, ErrorCode.invalid_share_session_epoch
-        s = cache[key] = ShareSession(group, member_id)
+        s = cache[key] = ShareSession(group, member_id, conn)
         return s, None
     if epoch == -1:
         s = cache.pop(key, None)
@@ -195,7 +234,6 @@ def session_for(door, group: str, member_id: str, epoch: int, *, can_open: bool)
     if s is None:
         return None, ErrorCode.share_session_not_found
     if epoch != s.epoch:
-        del cache[key]
         return None, ErrorCode.invalid_share_session_epoch
     s.epoch = s.epoch + 1 if s.epoch < 0x7FFFFFFF else 1
     return s, None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-from ._share import apply_acks, drop_session, requested_acks, session_for
+from ._share import apply_acks, drop_session, release_member, requested_acks, session_for
 from ._util import ZERO_MS, make, ms, response_module
 
 API_KEY = 79
@@ -53,8 +53,8 @@ async def handle_share_acknowledge(ctx, req):
             message = None if code == ErrorCode.none else code.name
         rows.setdefault(tid, []).append(make(mod.PartitionData, partition_index=index, error_code=code,
                                              error_message=message, current_leader=none_leader))
-    if epoch == -1 and member is not None and member.handle is not None:
-        member.handle.release_held()
+    if epoch == -1:
+        release_member(door, member)
     await door.hub.durable(shares.state_ends())
     topics = tuple(make(mod.ShareAcknowledgeTopicResponse, topic_id=tid, partitions=tuple(ps))
                    for tid, ps in rows.items())

@@ -31,7 +31,15 @@ import asyncio
 
 from kio.schema.errors import ErrorCode
 
-from ._share import acquired_ranges, apply_acks, drop_session, requested_acks, session_for, stored_batches
+from ._share import (
+    acquired_ranges,
+    apply_acks,
+    drop_session,
+    release_member,
+    requested_acks,
+    session_for,
+    stored_batches,
+)
 from ._util import ZERO_MS, make, ms, response_module, to_ms
 
 API_KEY = 78
@@ -61,7 +69,7 @@ async def handle_share_fetch(ctx, req):
     if member is None and epoch != -1:
         drop_session(door, group, member_id)
         return _error(mod, ErrorCode.unknown_member_id, f"member {member_id} is not in share group {group!r}")
-    session, err = session_for(door, group, member_id, epoch, can_open=True)
+    session, err = session_for(door, group, member_id, epoch, can_open=True, conn=ctx.conn)
     if err is not None:
         return _error(mod, err)
     for tid, index, name in named:
@@ -75,8 +83,7 @@ async def handle_share_fetch(ctx, req):
     ack_errors = {key: apply_acks(door, member, key[0], key[1], acks) for key, acks in acks_by.items()}
     got: list = []
     if epoch == -1:
-        if member is not None and member.handle is not None:
-            member.handle.release_held()
+        release_member(door, member)
     elif member.handle is not None and session.partitions:
         got = await _acquire(door, member, set(session.partitions), req)
     await door.hub.durable(shares.state_ends())
