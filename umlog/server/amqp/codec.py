@@ -48,7 +48,7 @@ from umlog._native.core import amqp_content_frames, amqp_parse_properties
 
 __all__ = ["PROTOCOL_HEADER", "FRAME_END", "parse_properties", "check_table", "content_frames",
            "deliver_method", "get_ok_method", "return_method", "ack_method", "topic_regex", "headers_match",
-           "record_table", "add_death", "PROP_HEADERS"]
+           "record_table", "add_death", "PROP_HEADERS", "lift_delay", "DELAY_KEYS"]
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT = 1, 2, 3, 8
@@ -94,7 +94,36 @@ def parse_properties(payload: bytes | memoryview) -> tuple[int, list[tuple[str, 
         raise FrameError(str(e)) from None
     if table is not None:
         check_table(table)
+        headers = lift_delay(headers, table)
     return size, headers
+
+
+DELAY_KEYS = ("umlog-delay-ms", "umlog-deliver-at")  # umlog/delivery/delay.py's headers
+
+
+def lift_delay(headers, table: bytes):
+    """Record headers with a delay asked for in the headers table: its
+    ``umlog-delay-ms`` / ``umlog-deliver-at`` entries become record headers of
+    those names (ASCII, where the delay hook of every append path reads them)
+    and leave the table, whose other entries stay byte for byte. ``headers``
+    as they are when the table has none (a substring test, the common case)."""
+    if b"umlog-delay-ms" not in table and b"umlog-deliver-at" not in table:
+        return headers
+    kept, lifted, pos, end = bytearray(), [], 0, len(table)
+    while pos < end:
+        n = table[pos]
+        name = bytes(table[pos + 1:pos + 1 + n]).decode("utf-8", "replace")
+        used, value = pdecode.embedded_value(bytes(table[pos + 1 + n:]))
+        entry_end = pos + 1 + n + used
+        if name in DELAY_KEYS:
+            lifted.append((name, value if isinstance(value, bytes) else str(value).encode()))
+        else:
+            kept += table[pos:entry_end]
+        pos = entry_end
+    out = [(k, v) for k, v in headers if k != "amqp-headers"]
+    if kept:
+        out.append(("amqp-headers", bytes(kept)))
+    return out + lifted
 
 
 def check_table(raw: bytes) -> None:

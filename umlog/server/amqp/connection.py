@@ -43,6 +43,7 @@ from .codec import (
     content_frames,
     deliver_method,
     get_ok_method,
+    lift_delay,
     method_frame,
     parse_ack,
     parse_properties,
@@ -415,6 +416,8 @@ class AmqpConnection(asyncio.Protocol):
                 self.channel_error(chan, e, mid)
             return
         if ftype == FRAME_HEARTBEAT:
+            if ch != 0:  # spec 4.2.7: heartbeats are on channel 0; another is an invalid heartbeat frame
+                raise AmqpError(FRAME_ERROR, f"FRAME_ERROR - heartbeat frame on channel {ch}", hard=True)
             return
         if ftype in (FRAME_HEADER, FRAME_BODY):
             chan = self.channels.get(ch)
@@ -459,7 +462,8 @@ class AmqpConnection(asyncio.Protocol):
         try:
             _, _, m = pframe.unmarshal(_head.pack(FRAME_METHOD, 0, len(payload)) + payload + b"\xce")
         except Exception as e:
-            raise AmqpError(SYNTAX_ERROR, f"SYNTAX_ERROR - cannot decode method: {e}", hard=True) from None
+            # a malformed frame, as RabbitMQ answers it (SYNTAX_ERROR is for decoded values out of range)
+            raise AmqpError(FRAME_ERROR, f"FRAME_ERROR - cannot decode method: {e}", hard=True) from None
         return m
 
     # --- connection methods ------------------------------------------------------------------------
@@ -507,6 +511,8 @@ class AmqpConnection(asyncio.Protocol):
             self._end()
         elif mid == (10, 70):  # update-secret
             self.send_method(0, cmd.Connection.UpdateSecretOk())
+        elif mid[0] != 10:  # a channel's method on channel 0, which is never opened (RabbitMQ's code)
+            raise AmqpError(CHANNEL_ERROR, f"CHANNEL_ERROR - unexpected method {m.name} on channel 0", hard=True)
         else:
             raise AmqpError(COMMAND_INVALID, f"COMMAND_INVALID - unexpected method {m.name} on channel 0", hard=True)
 
@@ -585,12 +591,15 @@ class AmqpConnection(asyncio.Protocol):
             try:
                 exchange, key, mandatory, immediate = parse_publish(payload)
             except (IndexError, struct.error):
-                raise AmqpError(SYNTAX_ERROR, "SYNTAX_ERROR - bad basic.publish", hard=True) from None
+                raise AmqpError(FRAME_ERROR, "FRAME_ERROR - cannot decode basic.publish", hard=True) from None
             e = self._publish_exchange(exchange, immediate)
             ch.content = [e, key, mandatory, None, None, [], 0]
             return
         if mid == ACK:
-            tag, multiple = parse_ack(payload)
+            try:
+                tag, multiple = parse_ack(payload)
+            except (IndexError, struct.error):
+                raise AmqpError(FRAME_ERROR, "FRAME_ERROR - cannot decode basic.ack", hard=True) from None
             self._settle(ch, tag, multiple, "ack")
             return
         m = self._decode(payload)
@@ -600,6 +609,8 @@ class AmqpConnection(asyncio.Protocol):
             self.send_method(n, cmd.Channel.CloseOk())
         elif mid == (20, 41):
             pass
+        elif mid == (20, 10):  # the spec's channel.open rule: only on a channel not open
+            raise AmqpError(CHANNEL_ERROR, f"CHANNEL_ERROR - second 'channel.open' on channel {n}", hard=True)
         elif mid == (20, 20):  # flow
             ch.flow = bool(m.active)
             self.send_method(n, cmd.Channel.FlowOk(active=ch.flow))
@@ -714,6 +725,7 @@ class AmqpConnection(asyncio.Protocol):
                 return  # a publish before failed: the channel ignores the rest
             if table is not None:
                 check_table(table)
+                headers = lift_delay(headers, table)
             if exchange != last:
                 try:
                     e = self._publish_exchange(exchange.decode("utf-8", "replace"), bool(bits & 2))
