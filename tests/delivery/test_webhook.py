@@ -84,9 +84,10 @@ def test_a_raw_secret_is_its_utf8_bytes(data_dir):
     run(main())
 
 
-def test_500s_retry_with_the_same_id_and_then_ack(data_dir):
+@pytest.mark.parametrize("status", [500, 503, 408])
+def test_500s_retry_with_the_same_id_and_then_ack(data_dir, status):
     def policy(d):
-        return (500, {}) if d.attempt <= 2 else OK
+        return (status, {}) if d.attempt <= 2 else OK
 
     async def main():
         async with _Env(data_dir, policy) as env:
@@ -94,11 +95,11 @@ def test_500s_retry_with_the_same_id_and_then_ack(data_dir):
             env.b.topic("t").append(b"v")
             await wait_until_async(lambda: env.receiver.ok_ids() == ["t/0/0"], 10, "the third attempt")
             attempts = [d for d in env.receiver.deliveries if d.id == "t/0/0"]
-            assert [d.status for d in attempts] == [500, 500, 204]
+            assert [d.status for d in attempts] == [status, status, 204]
             assert [d.headers["umlog-delivery-count"] for d in attempts] == ["1", "2", "3"]
             await wait_until_async(lambda: svc.running["w"].stats.delivered == 1, 10, "the ack")
             assert env.b.share_group("webhook.w", ["t"], **_group_settings(svc)).describe()["unacked"] == 0
-            assert svc.running["w"].stats.retried == 2 and "HTTP 500" in svc.running["w"].stats.last_error
+            assert svc.running["w"].stats.retried == 2 and f"HTTP {status}" in svc.running["w"].stats.last_error
     run(main())
 
 
