@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import struct
 import subprocess
 import time
 
 import pika
 import pytest
 from helpers import scaled, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pamqp import commands as cmd
 
 from server.amqp.amqp_helpers import Raw, connect, drain, name
@@ -227,3 +230,69 @@ def test_the_default_exchange_is_the_topic_amq_default(server, kcat_bin):
     out = subprocess.run([kcat_bin, "-b", server.bootstrap, "-C", "-t", "amq.default", "-o", "beginning", "-e",
                           "-f", "%k|%s\n"], capture_output=True, check=True, timeout=scaled(30))
     assert f"{q}|to the default".encode() in out.stdout.splitlines()
+
+
+@pytest.mark.parametrize("send,code", [
+    (lambda r: r.method(0, cmd.Queue.Declare(queue="x")), 504),  # a channel's method on channel 0
+    (lambda r: r.method(1, cmd.Channel.Open()), 504),  # channel.open on an open channel
+    (lambda r: r.send(b"\x08\x00\x01\x00\x00\x00\x00\xce"), 501),  # a heartbeat on channel 1
+    (lambda r: r.send(b"\x01\x00\x01\x00\x00\x00\x05\x00\x32\x00\x0a\x00\xce"), 501),  # queue.declare cut short
+    (lambda r: r.send(b"\x01\x00\x01\x00\x00\x00\x06\x00\x3c\x00\x50\x00\x00\xce"), 501),  # basic.ack cut short
+    (lambda r: r.method(1, cmd.Exchange.Declare(exchange=name("x"), exchange_type="nope")), 503),
+])
+def test_more_connection_errors_and_their_codes(server, send, code):
+    r = Raw(server)
+    try:
+        r.handshake(frame_max=4096)
+        r.method(1, cmd.Channel.Open())
+        assert isinstance(r.frame(), cmd.Channel.OpenOk)
+        send(r)
+        f = r.frame()
+        assert isinstance(f, cmd.Connection.Close), f
+        assert f.reply_code == code, f.reply_text
+    finally:
+        r.close()
+
+
+_METHODS = [(c, m) for c, ms in {10: (10, 11, 20, 21, 30, 31, 40, 41, 50, 51, 60, 61, 70), 20: (10, 11, 20, 21, 40, 41),
+                                 40: (10, 11, 20, 21, 30, 31, 40, 41), 50: (10, 11, 20, 21, 30, 31, 40, 41, 50, 51),
+                                 60: (10, 11, 20, 21, 30, 31, 40, 50, 60, 70, 71, 72, 80, 90, 100, 110, 111, 120),
+                                 85: (10, 11), 90: (10, 11)}.items() for m in ms]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.tuples(st.sampled_from([1, 1, 1, 2, 3, 8, 9]), st.sampled_from([0, 1, 2]),
+                                 st.sampled_from(_METHODS), st.binary(max_size=12) | st.binary(max_size=60)),
+                       min_size=1, max_size=4))
+def test_garbage_after_the_handshake_never_gets_an_internal_error_nor_harms_the_server(server, frames):
+    """Frames of every type with methods of every class and random arguments: the
+    server answers, closes a channel or closes the connection with a protocol
+    code, never 541, and serves the next connection."""
+    r = Raw(server)
+    try:
+        r.handshake(frame_max=4096)
+        r.method(1, cmd.Channel.Open())
+        assert isinstance(r.frame(), cmd.Channel.OpenOk)
+        for ftype, ch, (cls, meth), args in frames:
+            payload = struct.pack(">HH", cls, meth) + args if ftype == 1 else args
+            r.send(struct.pack(">BHI", ftype, ch, len(payload)) + payload + b"\xce")
+        r.method(0, cmd.Connection.Close(reply_code=200, reply_text="done", class_id=0, method_id=0))
+        r.sock.settimeout(scaled(5))
+        while True:
+            try:
+                f = r.frame()
+            except Exception:  # the wait's end, or a frame pamqp cannot read: not ours to judge
+                break
+            if f is None or isinstance(f, cmd.Connection.CloseOk):
+                break
+            if isinstance(f, (cmd.Connection.Close, cmd.Channel.Close)):
+                assert f.reply_code != 541, f.reply_text
+                if isinstance(f, cmd.Connection.Close):
+                    break
+    finally:
+        r.close()
+    ok = Raw(server)
+    try:
+        ok.handshake()
+    finally:
+        ok.close()
