@@ -622,7 +622,7 @@ class Broker:
         """A handle on share group ``name`` over ``topics``: a queue that is a cursor
         over the log (``umlog.delivery.ShareGroup``; settings: ``max_attempts``,
         ``lock_ms``, ``backoff_ms``, ``dead_letter``, ``start``, ``max_in_flight``,
-        ``clock``). Every handle of a group in this process shares its state."""
+        ``expire``, ``clock``). Every handle of a group in this process shares its state."""
         self._check_writable()
         return self._share_groups().open(name, topics, **settings)
 

@@ -178,6 +178,21 @@ def test_ttl_expired_records_are_never_handed_out(broker, clock):
     assert (row["start_offset"], row["in_flight"], row["unacked"]) == (2, 1, 1)
 
 
+def test_an_amqp_expiration_is_a_ttl_and_expire_false_leaves_expiry_to_the_caller(broker, clock):
+    t = broker.create_topic("orders")
+    both = [("umlog-ttl-ms", b"60000"), ("amqp-expiration", b"1000")]  # the earlier deadline counts
+    t.append_many([b"amqp stale", b"both stale", b"amqp fresh"], None,
+                  [[("amqp-expiration", b"1000")], both, [("amqp-expiration", b"5000")]],
+                  [clock.ms - 1000, clock.ms - 2000, clock.ms - 1000], partition=0)
+    q = group(broker, clock, dead_letter="orders.dlq")
+    assert [r.value for r in q.acquire(10, timeout=0)] == [b"amqp fresh"]
+    assert [(d["value"], d["reason"]) for d in dead_letters(broker, "orders.dlq")] == [
+        (b"amqp stale", "expired"), (b"both stale", "expired")]
+    # expire=False (an AMQP queue, which dead-letters through its exchange): handed out as they are
+    q2 = broker.share_group("as-is", topics=["orders"], start="earliest", clock=clock, expire=False)
+    assert [r.value for r in q2.acquire(10, timeout=0)] == [b"amqp stale", b"both stale", b"amqp fresh"]
+
+
 def test_a_full_window_fetches_nothing_new_but_redelivers(broker, clock):
     broker.create_topic("orders").append_many([b"%d" % i for i in range(10)], partition=0)
     q = group(broker, clock, max_in_flight=4, backoff_ms=None)

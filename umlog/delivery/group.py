@@ -62,6 +62,7 @@ __all__ = ["ShareGroup", "ShareGroups", "ShareRecord", "InvalidRecordStateError"
 log = logging.getLogger("umlog.delivery")
 
 TTL_HEADER = "umlog-ttl-ms"
+EXPIRATION_HEADER = "amqp-expiration"  # an AMQP message's expiration (ms, ASCII): a TTL as well
 COUNT_HEADER = "umlog-delivery-count"
 GROUP_HEADER = "umlog-share-group"  # finds a group's own dead letters after a crash
 # Spring Kafka's DeadLetterPublishingRecoverer headers, so its tools read ours.
@@ -90,14 +91,18 @@ class InvalidRecordStateError(UmlogError):
 
 
 def ttl_deadline_ms(r) -> int | None:
-    """The wall-clock ms at which ``r`` expires (its ``umlog-ttl-ms`` header), or None."""
+    """The wall-clock ms at which ``r`` expires, or None: its ``umlog-ttl-ms``
+    header (MQTT 5's message expiry lands there) or its ``amqp-expiration``
+    (an AMQP publish's expiration), the earlier of the two, counted from its timestamp."""
+    ttl = None
     for k, v in r.headers:
-        if k == TTL_HEADER and v is not None:
+        if (k == TTL_HEADER or k == EXPIRATION_HEADER) and v is not None:
             try:
-                return r.timestamp + int(bytes(v).decode("ascii"))
+                ms = int(bytes(v).decode("ascii"))
             except (UnicodeDecodeError, ValueError):
-                return None  # a header that is not a TTL does not expire the record
-    return None
+                continue  # a header that is not a TTL does not expire the record
+            ttl = ms if ttl is None else min(ttl, ms)
+    return None if ttl is None else r.timestamp + ttl
 
 
 def dead_letter_headers(r, topic: str, partition: int, count: int, reason: str, group: str) -> list:
@@ -166,7 +171,7 @@ class _Core:
     def __init__(self, broker, store: ShareStateStore, name: str, topics: list[str], *, max_attempts: int = 5,
                  lock_ms: int = 30_000, backoff_ms: tuple[int, int] | None = (1_000, 60_000),
                  dead_letter: str | None = None, start: str = "latest", max_in_flight: int = 2_000,
-                 clock=None, monotonic=None, rng: random.Random | None = None) -> None:
+                 expire: bool = True, clock=None, monotonic=None, rng: random.Random | None = None) -> None:
         if not topics or not all(isinstance(t, str) for t in topics):
             raise ValueError(f"topics must be a non-empty list of topic names, not {topics!r}")
         for what, v, low in (("max_attempts", max_attempts, 1), ("lock_ms", lock_ms, 1),
@@ -185,8 +190,13 @@ class _Core:
         self.name = name
         self.topics = list(dict.fromkeys(topics))
         self.settings = {"max_attempts": max_attempts, "lock_ms": lock_ms, "backoff_ms": backoff_ms,
-                         "dead_letter": dead_letter, "start": start, "max_in_flight": max_in_flight}
+                         "dead_letter": dead_letter, "start": start, "max_in_flight": max_in_flight,
+                         "expire": expire}
         self.max_attempts, self.lock_ms, self.backoff_ms = max_attempts, lock_ms, backoff_ms
+        # expire=False: records past their TTL are handed out still, for a caller
+        # that decides itself what an expired record becomes (an AMQP queue
+        # dead-letters it to its own exchange, with x-death)
+        self.expire = expire
         self.dead_letter, self.start, self.max_in_flight = dead_letter, start, max_in_flight
         # Wall clock (seconds): TTLs, availability delays (durable). Monotonic: locks.
         self._clock = clock or time.time
@@ -382,7 +392,7 @@ class _Core:
         return ShareRecord(r, w.topic, w.partition, e.count)
 
     def _why_dead(self, r, next_count: int, now_w: int) -> str | None:
-        ttl = ttl_deadline_ms(r)
+        ttl = ttl_deadline_ms(r) if self.expire else None
         if ttl is not None and now_w >= ttl:
             return "expired"
         if next_count > self.max_attempts:

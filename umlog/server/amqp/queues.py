@@ -24,7 +24,7 @@ log = logging.getLogger("umlog.server.amqp")
 # deliveries are counted without a limit of the group's (x-delivery-limit is
 # the door's, so that such a message is dead-lettered through the exchange).
 QUEUE_GROUP_SETTINGS = {"max_attempts": 1_000_000, "lock_ms": 7 * 24 * 3_600_000, "backoff_ms": None,
-                        "start": "latest"}
+                        "start": "latest", "expire": False}  # expiry is the queue's (``Queue.expired``)
 _PER_TURN = 256  # records a consumer acquires per turn (each acquire writes the group's state once)
 _PER_PUMP = 2000  # records handed out before the pump yields to the loop
 _COUNT_SCAN = 1_000_000  # records scanned at most to count a queue's messages
@@ -205,7 +205,7 @@ class Queue:
     def expired(self, r, now_ms: int) -> bool:
         ttl = self.ttl_ms
         for k, v in r.headers:
-            if k == "amqp-expiration" and v:
+            if (k == "amqp-expiration" or k == "umlog-ttl-ms") and v:  # (the latter from another door)
                 try:
                     e = int(bytes(v))
                 except ValueError:
