@@ -11,12 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pamqp import body as pbody
 from pamqp import commands as cmd
+from pamqp import decode as pdecode
 from pamqp import frame as pframe
 from pamqp import header as pheader
 
 from umlog._native.core import amqp_deliver_frames, amqp_scan_publishes
 from umlog.delivery.group import ShareRecord
-from umlog.server.amqp.codec import FrameError, content_frames, parse_properties
+from umlog.server.amqp.codec import FrameError, add_death, content_frames, parse_properties
 
 short = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=40)
 names = st.from_regex(r"[A-Za-z0-9_.:-]{0,20}", fullmatch=True)
@@ -135,3 +136,20 @@ def test_record_headers_of_other_doors_become_long_string_entries():
 def test_bad_content_headers_are_frame_errors(payload, why):
     with pytest.raises(FrameError, match=why):
         parse_properties(payload)
+
+
+def test_a_dead_letter_keeps_the_other_header_entries_byte_for_byte_and_counts_as_rabbitmq():
+    # entries of types pamqp would re-encode otherwise: an 'l' and an 'I' holding small numbers
+    other = b"\x01nl" + (5).to_bytes(8, "big") + b"\x01tI" + (7).to_bytes(4, "big")
+    headers = [("amqp-headers", other), ("amqp-expiration", b"60000")]
+    first = add_death(headers, "q", "rejected", "", b"q", 1_700_000_000)
+    raw = dict(first)["amqp-headers"]
+    assert raw.startswith(other) and "amqp-expiration" not in dict(first)
+    again = add_death(first, "q", "rejected", "", b"q", 1_700_000_001)
+    raw = dict(again)["amqp-headers"]
+    assert raw.startswith(other)
+    table = pdecode.field_table(len(raw).to_bytes(4, "big") + raw)[1]
+    (death,) = table["x-death"]
+    assert death["count"] == 2 and death["original-expiration"] == "60000"
+    assert b"\x05countl" + (2).to_bytes(8, "big") in raw  # a long-long, as RabbitMQ sends it
+    assert (table["x-first-death-reason"], table["x-last-death-queue"]) == ("rejected", "q")

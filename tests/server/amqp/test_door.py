@@ -50,6 +50,7 @@ def test_exchange_types_route_like_rabbitmq(server):
     tag = name("x")
     with connect(server) as c:
         ch = c.channel()
+        ch.confirm_delivery()  # routed before the basic.gets below, here and in RabbitMQ
         ch.exchange_declare(f"{tag}.topic", "topic")
         ch.exchange_declare(f"{tag}.fan", "fanout")
         ch.exchange_declare(f"{tag}.hdr", "headers")
@@ -185,6 +186,7 @@ def test_dead_letters_carry_x_death(server):
     tag = name("dlx")
     with connect(server) as c:
         ch = c.channel()
+        ch.confirm_delivery()  # each basic.get finds the message published before it (RabbitMQ's quorum queue too)
         ch.exchange_declare(f"{tag}.dlx", "fanout")
         dlq = ch.queue_declare(f"{tag}-dlq").method.queue
         ch.queue_bind(dlq, f"{tag}.dlx", "")

@@ -296,3 +296,26 @@ def test_garbage_after_the_handshake_never_gets_an_internal_error_nor_harms_the_
         ok.handshake()
     finally:
         ok.close()
+
+
+def test_a_message_dead_lettered_twice_through_a_queue_counts_two(server):
+    """Two queues dead-lettering into each other: the x-death entry of the queue
+    it died in twice counts 2 (a long-long, as RabbitMQ sends it), the other's 1;
+    the expiration it had is the entry's original-expiration."""
+    a, b = name("cyc-a"), name("cyc-b")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(a, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": b})
+        ch.queue_declare(b, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": a})
+        ch.basic_publish("", a, b"c", pika.BasicProperties(expiration="60000", headers={"n": 2**40}))
+        for q in (a, b, a):
+            m = wait_until(lambda q=q: ch.basic_get(q)[0], what=f"the message in {q}")
+            ch.basic_reject(m.delivery_tag, requeue=False)
+        m, p, body = wait_until(lambda: (r := ch.basic_get(b, auto_ack=True))[0] and r, what="the third dead letter")
+    assert body == b"c" and p.expiration is None and p.headers["n"] == 2**40
+    first, second = p.headers["x-death"]
+    assert (first["queue"], first["count"], second["queue"], second["count"]) == (a, 2, b, 1)
+    assert isinstance(first["count"], pika.compat.long)
+    assert first["original-expiration"] == "60000" and first["routing-keys"] == [a]
+    assert p.headers["x-first-death-queue"] == a and p.headers["x-first-death-reason"] == "rejected"

@@ -59,6 +59,7 @@ _frame_head = struct.Struct(">BHI")
 _H = struct.Struct(">H")
 _I = struct.Struct(">I")
 _Q = struct.Struct(">Q")
+_q = struct.Struct(">q")
 
 # (record header, kind) in property-flag order (bit 15 first). Kinds: s shortstr,
 # t table, o octet, q timestamp (long long).
@@ -244,21 +245,27 @@ def headers_match(args: dict, table: dict) -> bool:
 
 # --- dead letters ------------------------------------------------------------------------------------
 
+_DEATH_KEYS = ("x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange",
+               "x-last-death-reason", "x-last-death-queue", "x-last-death-exchange")
+
+
 def add_death(headers, queue: str, reason: str, exchange: str, routing_key: bytes, now_s: int) -> list:
     """The record headers of a dead letter: ``x-death`` (RabbitMQ's format: one
     entry per (queue, reason), newest first, with its count) and the
     ``x-first-death-*``/``x-last-death-*`` headers set in its table; the
-    expiration is dropped (as RabbitMQ does, so that it does not expire again)."""
+    expiration is dropped (as RabbitMQ does, so that it does not expire again)
+    and kept as the entry's ``original-expiration``. The table's other entries
+    stay byte for byte, and ``count`` is a long-long as RabbitMQ sends it
+    (clients such as Spring AMQP read it as a Long)."""
     out = [(k, v) for k, v in headers if k not in ("amqp-headers", "amqp-expiration", "umlog-ttl-ms")]
-    raw = b""
+    raw, expiration = b"", None
     for k, v in headers:
         if k == "amqp-headers" and v:
             raw = bytes(v)
-    try:
-        table = dict(pdecode.field_table(_I.pack(len(raw)) + raw)[1]) if raw else {}
-    except Exception:
-        table = {}
-    deaths = list(table.get("x-death") or [])
+        elif k == "amqp-expiration" and v:
+            expiration = bytes(v).decode("utf-8", "replace")
+    kept, found = _split_table(raw)
+    deaths = list(found.get("x-death") or [])
     rk = routing_key.decode("utf-8", "replace")
     when = datetime.datetime.fromtimestamp(now_s, datetime.UTC)
     entry = None
@@ -274,15 +281,46 @@ def add_death(headers, queue: str, reason: str, exchange: str, routing_key: byte
     else:
         entry = {"count": 1, "reason": reason, "queue": queue, "time": when, "exchange": exchange,
                  "routing-keys": [rk]}
+        if expiration is not None:
+            entry["original-expiration"] = expiration
     deaths.insert(0, entry)
-    table["x-death"] = deaths
-    if "x-first-death-reason" not in table:
-        table["x-first-death-reason"] = reason
-        table["x-first-death-queue"] = queue
-        table["x-first-death-exchange"] = exchange
-    table["x-last-death-reason"] = reason
-    table["x-last-death-queue"] = queue
-    table["x-last-death-exchange"] = exchange
-    enc = pencode.field_table(table)
-    out.append(("amqp-headers", enc[4:]))
+    first = {k: found.get(f"x-first-death-{k}", v) for k, v in (("reason", reason), ("queue", queue),
+                                                                 ("exchange", exchange))}
+    array = b"".join(b"F" + _death_table(d) for d in deaths)
+    table = bytearray(kept)
+    table += _shortstr(b"x-death") + b"A" + _I.pack(len(array)) + array
+    for k, v in (*((f"x-first-death-{k}", v) for k, v in first.items()), ("x-last-death-reason", reason),
+                 ("x-last-death-queue", queue), ("x-last-death-exchange", exchange)):
+        table += _shortstr(k.encode()) + pencode.encode_table_value(v)
+    out.append(("amqp-headers", bytes(table)))
     return out
+
+
+def _split_table(raw: bytes) -> tuple[bytes, dict]:
+    """A headers table (no length prefix): the bytes of its entries other than
+    the dead-letter ones, and those decoded (a table that does not decode is
+    dropped, as it could not be delivered anyway)."""
+    kept, found, pos, end = bytearray(), {}, 0, len(raw)
+    try:
+        while pos < end:
+            n = raw[pos]
+            name = raw[pos + 1:pos + 1 + n].decode("utf-8", "replace")
+            used, value = pdecode.embedded_value(raw[pos + 1 + n:])
+            entry_end = pos + 1 + n + used
+            if name in _DEATH_KEYS:
+                found[name] = value
+            else:
+                kept += raw[pos:entry_end]
+            pos = entry_end
+    except Exception:
+        return b"", {}
+    return bytes(kept), found
+
+
+def _death_table(d: dict) -> bytes:
+    """One ``x-death`` entry as a field table (with its length), ``count`` a long-long."""
+    body = bytearray()
+    for k, v in d.items():
+        body += _shortstr(k.encode())
+        body += b"l" + _q.pack(int(v)) if k == "count" else pencode.encode_table_value(v)
+    return _I.pack(len(body)) + body
