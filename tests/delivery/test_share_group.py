@@ -329,6 +329,7 @@ def test_cli_share_groups_list_and_describe(tmp_path, clock):
     assert (p0["start_offset"], p0["end_offset"], p0["available"], p0["unacked"]) == (1, 3, 2, 2)
     assert p0["delivery_counts"] == {"1": 1, "2": 1}
     assert p0["oldest_unacked_age_ms"] is not None
+    assert (p0["in_flight"], p0["acked"], p0["archived"]) == (0, 0, 0)  # locks do not outlive the process
     rc, out, err = umlog_cli(tmp_path, "share-groups", "describe", "billing", "--data-dir", data)
     assert rc == 0 and "billing" in out
     rc, out, err = umlog_cli(tmp_path, "share-groups", "describe", "nope", "--data-dir", data)

@@ -74,13 +74,13 @@ def describe(group: str, data_dir: str, as_json: bool) -> None:
     out = console()
     out.print(f"share group {group}  unacked {d['unacked']:,}  oldest unacked {_age(d['oldest_unacked_age_ms'])}")
     t = Table()
-    cols = ("topic", "partition", "start offset", "end offset", "available", "acked", "archived", "unacked",
-            "delivery counts", "oldest unacked")
+    cols = ("topic", "partition", "start offset", "end offset", "in flight", "available", "acked", "archived",
+            "unacked", "delivery counts", "oldest unacked")
     for col in cols:
         t.add_column(col, justify="left" if col in ("topic", "delivery counts") else "right")
     for r in d["partitions"]:
         counts = " ".join(f"{c}x{n}" for c, n in r["delivery_counts"].items()) or "-"
         t.add_row(r["topic"], str(r["partition"]), f"{r['start_offset']:,}",
-                  "-" if r["end_offset"] is None else f"{r['end_offset']:,}", str(r["available"]),
+                  "-" if r["end_offset"] is None else f"{r['end_offset']:,}", str(r["in_flight"]), str(r["available"]),
                   str(r["acked"]), str(r["archived"]), f"{r['unacked']:,}", counts, _age(r["oldest_unacked_age_ms"]))
     out.print(t)
