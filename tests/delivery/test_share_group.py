@@ -123,6 +123,19 @@ def test_ack_release_reject_and_the_dead_letter(broker, clock):
     assert q.describe()["partitions"][0]["start_offset"] == 3
 
 
+def test_release_with_a_delay_hides_the_record_until_then(broker, clock):
+    broker.create_topic("orders").append_many([b"a"], partition=0)
+    q = group(broker, clock, backoff_ms=(60_000, 60_000))
+    (r,) = q.acquire(1, timeout=0)
+    q.release(r, delay_ms=500)  # the caller's delay, not the group's backoff
+    assert q.acquire(1, timeout=0) == []
+    clock.advance(0.499)
+    assert q.acquire(1, timeout=0) == []
+    clock.advance(0.002)
+    (again,) = q.acquire(1, timeout=0)
+    assert (again.offset, again.delivery_count) == (0, 2)
+
+
 def test_a_lock_expires_and_the_count_is_kept(broker, clock):
     broker.create_topic("orders").append_many([b"x"], partition=0)
     q1 = group(broker, clock, lock_ms=1000, backoff_ms=None)
