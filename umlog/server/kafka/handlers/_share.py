@@ -32,6 +32,7 @@ What is Kafka's lives here and in the Kafka door:
 
 from __future__ import annotations
 
+import logging
 import struct
 import uuid
 from typing import Any
@@ -44,6 +45,8 @@ from umlog.delivery.group import InvalidRecordStateError
 __all__ = ["ShareSession", "sessions", "session_for", "drop_session", "close_connection_sessions",
            "release_member", "wake_partitions", "requested_acks", "topic_name",
            "parse_acks", "apply_acks", "stored_batches", "acquired_ranges", "ACK_KINDS", "error_of"]
+
+log = logging.getLogger("umlog.server.kafka")
 
 # AcknowledgeType of the wire -> the engine's settle kind
 ACK_KINDS = {0: "gap", 1: "accept", 2: "release", 3: "reject", 4: "renew"}
@@ -194,7 +197,12 @@ def close_connection_sessions(door, conn) -> int:
     n = 0
     for key in gone:
         del cache[key]
-        n += release_member(door, door.hub.shares.member(*key))
+        if door.shutting_down:
+            continue  # the locks outlive no restart: held records come back then
+        try:
+            n += release_member(door, door.hub.shares.member(*key))
+        except Exception:  # a failing disk: the locks expire anyway
+            log.exception("share group %s: releasing the records of member %s failed", *key)
     return n
 
 
