@@ -319,3 +319,22 @@ def test_a_message_dead_lettered_twice_through_a_queue_counts_two(server):
     assert isinstance(first["count"], pika.compat.long)
     assert first["original-expiration"] == "60000" and first["routing-keys"] == [a]
     assert p.headers["x-first-death-queue"] == a and p.headers["x-first-death-reason"] == "rejected"
+
+
+@pytest.mark.parametrize("props", [pika.BasicProperties(user_id="someone-else"), pika.BasicProperties(expiration="abc"),
+                                   pika.BasicProperties(expiration="-1")], ids=["user_id", "expiration", "negative"])
+@pytest.mark.parametrize("size", [10, 200_000], ids=["one-frame", "multi-frame"])
+def test_a_publish_with_another_user_id_or_a_bad_expiration_closes_the_channel(server, props, size):
+    """As RabbitMQ: 406, nothing stored, the connection and other channels go on."""
+    q = name("checked")
+    with connect(server) as c:
+        ok = c.channel()
+        ok.queue_declare(q)
+        ch = c.channel()
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            ch.basic_publish("", q, b"x" * size, props)
+        assert e.value.reply_code == 406
+        ok.basic_publish("", q, b"fine", pika.BasicProperties(user_id="guest", expiration="60000"))
+        assert [b for _, _, b in drain(ok, q, 1, auto_ack=True)] == [b"fine"]
+        ok.queue_delete(q)

@@ -182,6 +182,7 @@ class AmqpConnection(asyncio.Protocol):
         self.channels: dict[int, Channel] = {}
         self.client_properties: dict = {}
         self.principal: str | None = None
+        self.user = b""  # the login name, which a message's user_id must be
         self.exclusive_queues: set[str] = set()
         self.last_active = 0.0
         self.last_sent = 0.0
@@ -454,6 +455,10 @@ class AmqpConnection(asyncio.Protocol):
             if c[6] == c[4]:
                 chan.content = None
                 body = c[5][0] if len(c[5]) == 1 else b"".join(c[5])
+                bad = _bad_property(c[3], self.user)
+                if bad is not None:
+                    self.channel_error(chan, bad, PUBLISH)
+                    return
                 self._publish(chan, c[0], c[1], c[2], c[3], body)
             return
         raise AmqpError(FRAME_ERROR, f"FRAME_ERROR - unknown frame type {ftype}", hard=True)
@@ -548,6 +553,8 @@ class AmqpConnection(asyncio.Protocol):
             self.connection_error(AmqpError(ACCESS_REFUSED, f"ACCESS_REFUSED - Login was refused using "
                                             f"authentication mechanism {mechanism}. For details see the broker "
                                             "logfile.", hard=True))
+            return None
+        self.user = user.encode()
         return principal
 
     def _arm_heartbeat(self) -> None:
@@ -726,6 +733,10 @@ class AmqpConnection(asyncio.Protocol):
             if table is not None:
                 check_table(table)
                 headers = lift_delay(headers, table)
+            bad = _bad_property(headers, self.user)
+            if bad is not None:
+                self.channel_error(ch, bad, PUBLISH)
+                return
             if exchange != last:
                 try:
                     e = self._publish_exchange(exchange.decode("utf-8", "replace"), bool(bits & 2))
@@ -966,3 +977,19 @@ def _version() -> str:
         return version("umlog")
     except Exception:
         return "0"
+
+
+def _bad_property(headers, user: bytes) -> AmqpError | None:
+    """RabbitMQ's checks of a published message's properties (406, the channel
+    closes): ``user_id`` must be the connection's login name (a sender cannot
+    pass for another), ``expiration`` a whole number of milliseconds."""
+    for k, v in headers:
+        if k == "amqp-expiration":
+            if not v.isdigit():
+                return AmqpError(PRECONDITION_FAILED, f"PRECONDITION_FAILED - invalid expiration "
+                                 f"'{bytes(v).decode('utf-8', 'replace')}'")
+        elif k == "amqp-user-id" and v != user:
+            return AmqpError(PRECONDITION_FAILED, f"PRECONDITION_FAILED - user_id property set to "
+                             f"'{bytes(v).decode('utf-8', 'replace')}' but authenticated user was "
+                             f"'{user.decode('utf-8', 'replace')}'")
+    return None
