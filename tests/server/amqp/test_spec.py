@@ -338,3 +338,33 @@ def test_a_publish_with_another_user_id_or_a_bad_expiration_closes_the_channel(s
         ok.basic_publish("", q, b"fine", pika.BasicProperties(user_id="guest", expiration="60000"))
         assert [b for _, _, b in drain(ok, q, 1, auto_ack=True)] == [b"fine"]
         ok.queue_delete(q)
+
+
+def test_delivery_count_and_stream_offset_headers_are_long_longs_as_rabbitmq_sends_them(server):
+    q, s = name("quorum"), name("stream-h")
+    with connect(server) as c:
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(q, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_declare(s, durable=True, arguments={"x-queue-type": "stream"})
+        ch.basic_publish("", q, b"q")
+        ch.basic_publish("", s, b"s")
+        counts = []
+        for _ in range(2):
+            m, p, _b = ch.basic_get(q)
+            counts.append(p.headers["x-delivery-count"])
+            ch.basic_nack(m.delivery_tag, requeue=True)
+        assert counts == [0, 1] and all(isinstance(n, pika.compat.long) for n in counts)
+        ch.basic_qos(prefetch_count=10)
+        (m, p, _b), = _first_of_stream(ch, s)
+        assert isinstance(p.headers["x-stream-offset"], pika.compat.long)
+
+
+def _first_of_stream(ch, s) -> list:
+    """The stream's first message, through basic.consume (a stream has no basic.get)."""
+    for m, p, b in ch.consume(s, arguments={"x-stream-offset": "first"}, inactivity_timeout=scaled(10)):
+        if m is not None:
+            ch.basic_ack(m.delivery_tag)
+        ch.cancel()
+        return [] if m is None else [(m, p, b)]
+    return []

@@ -25,7 +25,6 @@ import struct
 import time
 
 from pamqp import commands as cmd
-from pamqp import encode as pencode
 from pamqp import frame as pframe
 
 from umlog._native.core import amqp_deliver_frames, amqp_scan_publishes
@@ -68,6 +67,9 @@ __all__ = ["AmqpConnection"]
 log = logging.getLogger("umlog.server.amqp")
 
 FRAME_ERROR, SYNTAX_ERROR, CHANNEL_ERROR, UNEXPECTED_FRAME = 501, 502, 504, 505
+# headers-table entries of a delivery, long-long values as RabbitMQ sends them (a Java client reads a Long)
+_STREAM_OFFSET, _DELIVERY_COUNT = b"\x0fx-stream-offsetl", b"\x10x-delivery-countl"
+_long = struct.Struct(">q")
 CONNECTION_FORCED, NO_ROUTE = 320, 312
 _head = struct.Struct(">BHI")
 _method_id = struct.Struct(">HH")
@@ -122,9 +124,9 @@ class Channel:
             no_ack = consumer.no_ack
         extra = b""
         if q is not None and q.stream:
-            extra = pencode.field_table({"x-stream-offset": rec.offset})[4:]
-        elif rec.delivery_count > 1 and q is not None and q.kind == "quorum":
-            extra = pencode.field_table({"x-delivery-count": rec.delivery_count - 1})[4:]
+            extra = _STREAM_OFFSET + _long.pack(rec.offset)
+        elif q is not None and q.kind == "quorum":  # from the first delivery (0), as RabbitMQ's quorum queues
+            extra = _DELIVERY_COUNT + _long.pack(rec.delivery_count - 1)
         key = b"" if rec.key is None else bytes(rec.key)
         exchange = exchange_of_topic(rec.topic).encode()
         redelivered = rec.delivery_count > 1
