@@ -368,3 +368,28 @@ def _first_of_stream(ch, s) -> list:
         ch.cancel()
         return [] if m is None else [(m, p, b)]
     return []
+
+
+@pytest.fixture(scope="module")
+def exclusive_queue(server):
+    """A queue exclusive to a connection held open for the module's tests."""
+    c = connect(server)
+    q = c.channel().queue_declare("", exclusive=True).method.queue
+    yield q
+    c.close()
+
+
+@pytest.mark.parametrize("use", [
+    lambda ch, q: ch.queue_declare(q),
+    lambda ch, q: ch.queue_declare(q, passive=True),
+    lambda ch, q: ch.basic_consume(q, lambda *a: None),
+    lambda ch, q: ch.queue_delete(q),
+    lambda ch, q: ch.queue_purge(q),
+    lambda ch, q: ch.queue_bind(q, "amq.direct", "k"),
+], ids=["declare", "passive", "consume", "delete", "purge", "bind"])
+def test_another_connection_gets_405_for_an_exclusive_queue_whatever_it_does(server, exclusive_queue, use):
+    with connect(server) as c:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            use(c.channel(), exclusive_queue)
+        assert e.value.reply_code == 405
+        assert c.channel().queue_declare("", exclusive=True).method.queue  # the connection goes on
