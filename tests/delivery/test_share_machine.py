@@ -129,6 +129,18 @@ class ShareMachine(RuleBasedStateMachine):
             self.records[k]["done"] = "dead"
             self.rejected[k] = reason
 
+    @rule(h=st.integers(0, 1))
+    def consumer_goes_away(self, h):
+        """Its share session closes, it leaves, or its connection drops: what it
+        holds is released at once, delivery counts kept (at the limit: dead)."""
+        mine = [k for k, (owner, _, _) in self.held.items() if owner == h]
+        self.handles[h].release_held()
+        for k in mine:
+            _, r, _ = self.held.pop(k)
+            self.stale.append((h, r))
+            if self.records[k]["count"] >= MAX_ATTEMPTS:
+                self.records[k]["done"] = "dead"
+
     @precondition(lambda self: self.stale)
     @rule(data=st.data())
     def settle_stale(self, data):
