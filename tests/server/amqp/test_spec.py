@@ -239,7 +239,8 @@ def test_the_default_exchange_is_the_topic_amq_default(server, kcat_bin):
     (lambda r: r.send(b"\x01\x00\x01\x00\x00\x00\x05\x00\x32\x00\x0a\x00\xce"), 501),  # queue.declare cut short
     (lambda r: r.send(b"\x01\x00\x01\x00\x00\x00\x06\x00\x3c\x00\x50\x00\x00\xce"), 501),  # basic.ack cut short
     (lambda r: r.method(1, cmd.Exchange.Declare(exchange=name("x"), exchange_type="nope")), 503),
-])
+], ids=["method-on-channel-0", "channel-open-twice", "heartbeat-on-channel-1", "declare-cut-short", "ack-cut-short",
+        "unknown-exchange-type"])
 def test_more_connection_errors_and_their_codes(server, send, code):
     r = Raw(server)
     try:
