@@ -97,3 +97,15 @@ def require_tool(path: str | None, name: str, install: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{name} is not installed and CI=true ({install})")
     pytest.skip(f"{name} is not installed ({install})")
+
+
+def stop_paho(client) -> None:
+    """Stop a paho-mqtt client's network thread and close its sockets.
+
+    paho 2.x closes the socket pair ``loop_start`` makes (its wake-up channel)
+    only in ``Client.__del__``; a client caught in a reference cycle (its
+    callbacks) is finalised by the garbage collector, which may finalise the
+    sockets first: an unclosed-socket ResourceWarning, an error in this suite,
+    raised in whichever test happens to run then."""
+    client.loop_stop()
+    client._reset_sockets()

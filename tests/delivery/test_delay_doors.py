@@ -12,7 +12,7 @@ import urllib.request
 import uuid
 
 import pytest
-from helpers import scaled, wait_until
+from helpers import scaled, stop_paho, wait_until
 from server.kafka.serve_process import ServeProcess
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -59,7 +59,7 @@ def via_mqtt(server, tag: str) -> tuple[str, bytes]:
         c.publish(f"delay/{tag}", b"by mqtt", 1, properties=props).wait_for_publish(scaled(10))
     finally:
         c.disconnect()
-        c.loop_stop()
+        stop_paho(c)
     return "mqtt-messages", b"by mqtt"
 
 

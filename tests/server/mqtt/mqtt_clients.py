@@ -8,7 +8,7 @@ import threading
 import uuid
 
 import paho.mqtt.client as mqtt
-from helpers import scaled, wait_until
+from helpers import scaled, stop_paho, wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -69,7 +69,7 @@ class Paho:
 
     def close(self):
         self.c.disconnect()
-        self.c.loop_stop()
+        stop_paho(self.c)
 
 
 class Raw:

@@ -10,7 +10,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import scaled, wait_until
+from helpers import scaled, stop_paho, wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -121,7 +121,7 @@ def test_paho_round_trip(protocol):
         wait_until(lambda: any(isinstance(p, Unsubscribe) for p in peer.got) or peer.error, scaled(10), "unsub")
         c.disconnect()
     finally:
-        c.loop_stop()
+        stop_paho(c)
     peer.thread.join(scaled(10))
     assert peer.error is None, repr(peer.error)
     connect = peer.got[0]

@@ -13,7 +13,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Consumer, Producer
-from helpers import require_tool, scaled, wait_until
+from helpers import require_tool, scaled, stop_paho, wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -75,7 +75,7 @@ class Client:
 
     def close(self):
         self.c.disconnect()
-        self.c.loop_stop()
+        stop_paho(self.c)
 
 
 @pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5])
@@ -282,7 +282,7 @@ def test_the_same_client_id_takes_the_session_over(server):
         assert a.disconnects[0].value == 0x8E  # session taken over
         assert b.c.is_connected()
     finally:
-        a.c.loop_stop()
+        stop_paho(a.c)
         b.close()
 
 

@@ -11,7 +11,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import require_tool, scaled, wait_until
+from helpers import require_tool, scaled, stop_paho, wait_until
 
 from server.kafka.serve_process import ServeProcess
 from server.mqtt.mqtt_clients import Paho, Raw
@@ -252,7 +252,7 @@ def test_a_takeover_keeps_the_session(server):
     b = Paho(mqtt_address(server), mqtt.MQTTv311, cid, session=600)
     assert b.session_present
     wait_until(lambda: a.disconnects, scaled(10), "the first connection closed")
-    a.c.loop_stop()
+    stop_paho(a.c)
     pub = Paho(mqtt_address(server))
     pub.publish(f"{tag}/x", b"to the new connection")
     assert [m.payload for m in b.wait(1)] == [b"to the new connection"]

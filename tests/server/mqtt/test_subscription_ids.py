@@ -9,7 +9,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import scaled, wait_until
+from helpers import scaled, stop_paho, wait_until
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -53,7 +53,7 @@ def test_connack_does_not_say_they_are_unavailable(server):
     wait_until(lambda: got, scaled(10), "CONNACK")
     assert getattr(got[0], "SubscriptionIdentifierAvailable", 1) == 1
     c.disconnect()
-    c.loop_stop()
+    stop_paho(c)
 
 
 def test_each_message_carries_the_identifiers_of_the_subscriptions_it_matched(server):

@@ -15,7 +15,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
-from helpers import scaled, wait_until
+from helpers import scaled, stop_paho, wait_until
 
 from .conftest import PASSWORDS, make_certs, umlog_cli
 
@@ -48,7 +48,7 @@ class _Client:
 
     def close(self):
         self.c.disconnect()
-        self.c.loop_stop()
+        stop_paho(self.c)
 
 
 @pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5"])
