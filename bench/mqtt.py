@@ -36,9 +36,9 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from harness import child_env, cpu_s  # noqa: E402
 
 
-def start_umlog(data_dir: str, fsync: str) -> tuple[subprocess.Popen, int]:
+def start_umlog(data_dir: str, fsync: str, *options: str) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, "-m", "umlog", "serve", "--data-dir", data_dir, "--kafka",
-                             "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--http", "off", "--fsync", fsync],
+                             "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--http", "off", "--fsync", fsync, *options],
                             stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(data_dir), env=child_env())
     line = proc.stdout.readline()
     m = re.search(r"mqtt=\S+:(\d+)", line)

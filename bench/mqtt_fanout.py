@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import resource
 import shutil
 import struct
@@ -239,16 +238,10 @@ def _varint(n: int) -> bytes:
 # --- brokers --------------------------------------------------------------------------------
 
 def start_umlog(work: str) -> tuple[subprocess.Popen, int]:
-    data = os.path.join(work, "data")
-    proc = subprocess.Popen([sys.executable, "-m", "umlog", "serve", "--data-dir", data, "--kafka", "127.0.0.1:0",
-                             "--mqtt", "127.0.0.1:0", "--http", "off", "--max-connections", "15000"],
-                            stdout=subprocess.PIPE, text=True, cwd=work, env=child_env())
-    line = proc.stdout.readline()
-    m = re.search(r"mqtt=\S+:(\d+)", line)
-    if not m:
-        proc.kill()
-        raise SystemExit(f"umlog serve did not get ready: {line!r}")
-    return proc, int(m.group(1))
+    """``bench/mqtt.py``'s umlog serve, with room for the 10,001 connections."""
+    from mqtt import start_umlog as start
+
+    return start(os.path.join(work, "data"), "never", "--max-connections", "15000")
 
 
 def start_mosquitto_drained(work: str) -> tuple[subprocess.Popen, int]:
