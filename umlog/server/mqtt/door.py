@@ -232,16 +232,28 @@ class Fanout:
         return moved
 
     def _hand_out(self, k: tuple[str, int], records: list, now_ms: int) -> None:
+        """Hand ``records`` out in runs of one topic name (``MqttDoor.deliver_run``):
+        a burst on one topic costs one audience look-up and, per subscriber,
+        one pass of the per-connection checks, not one per record."""
         origins = self.origin
+        run: list = []
+        run_key = run_name = None
         for r in records:
             origin = origins.pop((k[0], k[1], r.offset), None) if origins else None
-            if r.key is None:
+            key = r.key
+            if key is None:
                 continue  # no MQTT topic name
-            try:
-                name = r.key.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            self.door.deliver(name, r, origin, k, now_ms)
+            if key != run_key:
+                try:
+                    name = key.decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                if run:
+                    self.door.deliver_run(run_name, run, k, now_ms)
+                run, run_key, run_name = [], key, name
+            run.append((r, origin))
+        if run:
+            self.door.deliver_run(run_name, run, k, now_ms)
 
 
 class MqttDoor(Door):
@@ -485,22 +497,22 @@ class MqttDoor(Door):
 
     # --- delivering ----------------------------------------------------------------------
 
-    def deliver(self, name: str, r, origin, key: tuple[str, int], now_ms: int) -> None:
-        fields = None
-        loc = (key[0], key[1], r.offset)
-        for conn, subs in self._audience(name):
-            s = conn.session
-            if s is None or not s.live or not conn.connected:
-                continue
-            qos = conn.best_qos(subs, origin, key, r.offset)
-            if qos is None:
-                continue
-            if fields is None:
-                fields = publish_fields(r, now_ms)
-                if fields is None:
-                    return  # expired
-            mqos, retain, props = fields
-            conn.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1], with_ids(props, qos[2]), loc)
+    def deliver_run(self, name: str, run: list, key: tuple[str, int], now_ms: int) -> None:
+        """Send records ``run`` ((record, the connection that published it),
+        in log order, all on topic ``name``, from partition ``key``) to the
+        connections subscribed to ``name`` (``MqttConnection.send_run``)."""
+        audience = self._audience(name)
+        if not audience:
+            return
+        fielded = []
+        for r, origin in run:
+            fields = publish_fields(r, now_ms)
+            if fields is not None:  # None: expired
+                fielded.append((r, origin, fields))
+        if not fielded:
+            return
+        for conn, subs in audience:
+            conn.send_run(name, fielded, subs, key)
 
     def _audience(self, name: str) -> list:
         """(connection, its subscriptions whose filter matches ``name``) for every

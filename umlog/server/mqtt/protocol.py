@@ -626,7 +626,70 @@ class MqttConnection(asyncio.Protocol):
             return
         self._send(topic, payload, qos, retain, props, loc, share)
 
+    def send_run(self, topic: str, run: list, subs: tuple, key: tuple[str, int]) -> None:
+        """The fan-out's records ``run`` ((record, the connection that published
+        it, ``publish_fields``), in log order, all on ``topic``, from partition
+        ``key``) that this connection's subscriptions ``subs`` take, sent as
+        ``send_message`` would send them one by one; what holds for the whole
+        run (the session, the ACL) is checked once, and the frames go in one write."""
+        s = self.session
+        if s is None or not s.live or not self.connected or self.closed:
+            return
+        if self.principal is not None and not self.door.may(self, "READ", self.door.log_topic(topic), audit=False):
+            return  # fed from a log topic this principal may not READ
+        inflight = s.inflight
+        window = self.window()
+        frames = []
+        kept = False
+        fixed = self._run_qos(subs, key, run[0][0].offset)
+        for r, origin, (mqos, retain, props) in run:
+            if fixed is None:
+                best = self.best_qos(subs, origin, key, r.offset)
+            else:
+                best = fixed[origin is self]
+            if best is None:
+                continue
+            qos = min(best[0], mqos)
+            args = (topic, r.value or b"", qos, retain and best[1], with_ids(props, best[2]),
+                    (key[0], key[1], r.offset))
+            if qos and len(inflight) >= window:
+                self.send_message(*args)  # waits for room, or falls behind
+                if not s.live:
+                    break
+                continue
+            frame = self._frame(*args, None)
+            if frame is not None:
+                frames.append(frame)
+                kept = kept or qos > 0
+        if kept:
+            self.door.store.mark(s)
+        if frames:
+            self._write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _run_qos(self, subs, key: tuple[str, int], first: int) -> tuple | None:
+        """``best_qos`` for a run of records from offset ``first`` on, as (for a
+        record published by another connection, by this one), when the offset
+        makes no difference (every subscription in ``subs`` was made at or
+        before ``first``); None when it does."""
+        since_of = self.session.since
+        for f, _ in subs:
+            since = since_of.get(f)
+            if since is not None and since.get(key, 0) > first:
+                return None
+        return self.best_qos(subs, None, key, first), self.best_qos(subs, self, key, first)
+
     def _send(self, topic, payload, qos, retain, props, loc, share) -> None:
+        frame = self._frame(topic, payload, qos, retain, props, loc, share)
+        if frame is None:
+            return
+        if qos:
+            self.door.store.mark(self.session)
+        self._write_frame(frame)
+
+    def _frame(self, topic, payload, qos, retain, props, loc, share) -> bytes | None:
+        """The PUBLISH frame of a message, with a packet id and an in-flight entry
+        for QoS 1 and 2; None (nothing kept) when it is over the client's maximum
+        packet size."""
         s = self.session
         pid = None
         if qos:
@@ -640,10 +703,8 @@ class MqttConnection(asyncio.Protocol):
                 self.door.shares.ack(share)
             log.info("mqtt %s: a %d-byte message on %r is over the client's maximum packet size; not sent",
                      self.peer, len(frame), topic)
-            return
-        if qos:
-            self.door.store.mark(s)
-        self._write_frame(frame)
+            return None
+        return frame
 
     def _resend(self) -> None:
         """A session resumed: its unacknowledged messages again, with DUP, in order."""
