@@ -10,7 +10,7 @@ from libc.string cimport memchr
 
 
 def mqtt_scan(buf, Py_ssize_t pos, int version, Py_ssize_t max_packet_size, list out,
-              object publish_cls, object puback_cls):
+              object publish_cls, object puback_cls, object plain_headers=None):
     """Decode the run of plain PUBLISH and PUBACK packets at ``buf[pos:]``.
 
     Appends a ``publish_cls`` or ``puback_cls`` instance (their slots set as
@@ -18,23 +18,33 @@ def mqtt_scan(buf, Py_ssize_t pos, int version, Py_ssize_t max_packet_size, list
     after the last one taken. It stops, without raising, at the first packet
     that is partial, over ``max_packet_size``, of another type, an MQTT 5 one
     with properties or reason codes, or malformed in any way.
+
+    With ``plain_headers`` (the record headers of a plain message, by QoS),
+    consecutive plain QoS 0/1 PUBLISHes with a valid topic name and no RETAIN
+    are appended as one MqttPublishRun, and consecutive PUBACKs as one
+    MqttAckRun, instead of a packet each.
     """
     cdef Py_buffer view
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
     try:
         return _mqtt_scan(<const unsigned char *>view.buf, view.len, pos, version, max_packet_size, out,
-                          publish_cls, puback_cls)
+                          publish_cls, puback_cls, plain_headers)
     finally:
         PyBuffer_Release(&view)
 
 
 cdef Py_ssize_t _mqtt_scan(const unsigned char *p, Py_ssize_t end, Py_ssize_t pos, int version,
                            Py_ssize_t max_packet_size, list out, object publish_cls,
-                           object puback_cls) except -1:
-    cdef Py_ssize_t i, length, total, body, bend, q, tlen
+                           object puback_cls, object plain_headers) except -1:
+    cdef Py_ssize_t i, length, total, body, bend, q, tlen, run_start = pos, prev_t = 0, prev_tlen = -1
     cdef unsigned int first, b, shift, qos, pid
-    cdef bint whole
-    cdef object topic, obj
+    cdef bint whole, runs = plain_headers is not None
+    cdef object topic, obj, key = None
+    cdef MqttPublishRun pubs = None
+    cdef MqttAckRun acks = None
+    cdef bytearray ackbuf = None
+    cdef int kind  # of the open run: 0 none, 1 PUBLISH, 2 PUBACK
+    kind = 0
     while end - pos >= 2:
         # the fixed header's remaining length, in its shortest form
         length = 0
@@ -57,6 +67,7 @@ cdef Py_ssize_t _mqtt_scan(const unsigned char *p, Py_ssize_t end, Py_ssize_t po
         first = p[pos]
         body = i
         bend = i + length
+        obj = None
         if first >> 4 == 3:
             qos = (first >> 1) & 3
             if qos == 3 or (first & 0x08 and qos == 0) or length < 2:
@@ -64,10 +75,6 @@ cdef Py_ssize_t _mqtt_scan(const unsigned char *p, Py_ssize_t end, Py_ssize_t po
             tlen = (<Py_ssize_t>p[body] << 8) | p[body + 1]
             q = body + 2 + tlen
             if q > bend or memchr(p + body + 2, 0, <size_t>tlen) != NULL:
-                break
-            try:
-                topic = PyUnicode_DecodeUTF8(<const char *>p + body + 2, tlen, "strict")
-            except UnicodeDecodeError:
                 break
             pid = 0
             if qos:
@@ -81,6 +88,37 @@ cdef Py_ssize_t _mqtt_scan(const unsigned char *p, Py_ssize_t end, Py_ssize_t po
                 if q >= bend or p[q] != 0:
                     break  # properties: the codec reads them
                 q += 1
+            if runs and qos < 2 and not first & 0x01 and _topic_name_ok(p + body + 2, tlen):
+                if tlen != prev_tlen or memcmp(p + prev_t, p + body + 2, <size_t>tlen) != 0:
+                    try:
+                        PyUnicode_DecodeUTF8(<const char *>p + body + 2, tlen, "strict")
+                    except UnicodeDecodeError:
+                        break
+                    key = PyBytes_FromStringAndSize(<const char *>p + body + 2, tlen)
+                    prev_t = body + 2
+                    prev_tlen = tlen
+                if kind != 1:
+                    _close_run(p, kind, run_start, pos, pubs, acks, out)
+                    pubs = MqttPublishRun.__new__(MqttPublishRun)
+                    pubs.keys, pubs.values, pubs.headers = [], [], []
+                    pubs._acks = bytearray()
+                    pubs._version = version
+                    kind, run_start = 1, pos
+                pubs.keys.append(key)
+                pubs.values.append(PyBytes_FromStringAndSize(<const char *>p + q, bend - q))
+                pubs.headers.append(plain_headers[qos])
+                if qos:
+                    ackbuf = pubs._acks
+                    ackbuf.append(0x40)
+                    ackbuf.append(2)
+                    ackbuf.append(pid >> 8)
+                    ackbuf.append(pid & 0xFF)
+                pos += total
+                continue
+            try:
+                topic = PyUnicode_DecodeUTF8(<const char *>p + body + 2, tlen, "strict")
+            except UnicodeDecodeError:
+                break
             obj = publish_cls.__new__(publish_cls)
             obj.topic = topic
             obj.payload = PyBytes_FromStringAndSize(<const char *>p + q, bend - q)
@@ -93,15 +131,38 @@ cdef Py_ssize_t _mqtt_scan(const unsigned char *p, Py_ssize_t end, Py_ssize_t po
             pid = (<unsigned int>p[body] << 8) | p[body + 1]
             if pid == 0:
                 break
+            if runs:
+                if kind != 2:
+                    _close_run(p, kind, run_start, pos, pubs, acks, out)
+                    acks = MqttAckRun.__new__(MqttAckRun)
+                    kind, run_start = 2, pos
+                pos += total
+                continue
             obj = puback_cls.__new__(puback_cls)
             obj.packet_id = pid
             obj.reason = 0
             obj.properties = {}
         else:
             break
+        _close_run(p, kind, run_start, pos, pubs, acks, out)
+        kind = 0
         out.append(obj)
         pos += total
+    _close_run(p, kind, run_start, pos, pubs, acks, out)
     return pos
+
+
+cdef int _close_run(const unsigned char *p, int kind, Py_ssize_t start, Py_ssize_t stop, MqttPublishRun pubs,
+                    MqttAckRun acks, list out) except -1:
+    """The open run of ``_mqtt_scan`` (``kind`` 1: PUBLISHes, 2: PUBACKs) is
+    whole: its packets' bytes are ``p[start:stop]``."""
+    if kind == 1:
+        pubs.raw = PyBytes_FromStringAndSize(<const char *>p + start, stop - start)
+        out.append(pubs)
+    elif kind == 2:
+        acks.raw = PyBytes_FromStringAndSize(<const char *>p + start, stop - start)
+        out.append(acks)
+    return 0
 
 
 def mqtt_publish_frame(str topic, payload, unsigned int flags, unsigned int packet_id, bytes props):
@@ -153,3 +214,254 @@ def mqtt_publish_frame(str topic, payload, unsigned int flags, unsigned int pack
         return out
     finally:
         PyBuffer_Release(&view)
+
+
+# --- the door's message path in runs -------------------------------------------------------------
+#
+# A client that publishes fast sends hundreds of PUBLISHes per read, and a
+# subscriber answers with as many PUBACKs. Made into one Python object each,
+# they cost the door more than everything else it does; the functions below
+# keep a run of them as one object (MqttPublishRun, MqttAckRun) from the
+# receive buffer to the log and back out as frames (mqtt_encode_run), so
+# Python runs once per run, not once per message. Anything unusual (QoS 2,
+# RETAIN, MQTT 5 properties, a topic name the codec would refuse) is left to
+# the per-packet path, which raises every error.
+
+
+@cython.final
+cdef class MqttOutgoing:
+    """A QoS 1/2 message sent to a client and not settled yet."""
+
+    cdef public object topic, payload, props, loc, share
+    cdef public int qos, state
+    cdef public bint retain
+
+    def __init__(self, topic, payload, props, int qos, retain, loc, share=None):
+        self.topic = topic
+        self.payload = payload
+        self.props = props
+        self.qos = qos
+        self.retain = retain
+        self.loc = loc  # (log topic, partition, offset) of its record
+        self.state = qos  # 1, 2, or 3 once PUBREC'd
+        self.share = share  # (SharedSub, member handle, ShareRecord) until settled
+
+    def __repr__(self):
+        return f"MqttOutgoing(qos={self.qos}, state={self.state}, loc={self.loc!r})"
+
+
+@cython.final
+cdef class MqttPublishRun:
+    """Consecutive plain PUBLISHes (QoS 0 or 1, no RETAIN, no properties, a
+    valid topic name) as the lists ``append_many`` takes, and the PUBACKs of
+    the QoS 1 ones, in order, ready to write. ``raw`` holds the packets'
+    bytes, for the per-packet path (``packets``)."""
+
+    cdef public list keys, values, headers
+    cdef public bytes raw
+    cdef bytearray _acks
+    cdef int _version
+
+    @property
+    def acks(self):
+        return bytes(self._acks)
+
+    @property
+    def count(self):
+        return len(self.keys)
+
+    def absorb(self, MqttPublishRun other):
+        """Take ``other``'s messages (they came right after this run's)."""
+        self.keys += other.keys
+        self.values += other.values
+        self.headers += other.headers
+        self.raw += other.raw
+        self._acks += other._acks
+
+    def packets(self, publish_cls, puback_cls):
+        """The run as the codec's ``Publish`` packets."""
+        out = []
+        _mqtt_scan(<const unsigned char *>PyBytes_AS_STRING(self.raw), len(self.raw), 0, self._version,
+                   len(self.raw), out, publish_cls, puback_cls, None)
+        return out
+
+
+@cython.final
+cdef class MqttAckRun:
+    """Consecutive PUBACKs of MQTT 3.1.1 shape (``raw``: 4 bytes each)."""
+
+    cdef public bytes raw
+
+    @property
+    def count(self):
+        return len(self.raw) // 4
+
+    def absorb(self, MqttAckRun other):
+        self.raw += other.raw
+
+    def packet_ids(self):
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.raw)
+        return [(<unsigned int>p[i + 2] << 8) | p[i + 3] for i in range(0, len(self.raw), 4)]
+
+
+cdef inline bint _topic_name_ok(const unsigned char *t, Py_ssize_t n) noexcept:
+    """Non-empty, no wildcard, no NUL: the codec's checks bar UTF-8 validity."""
+    cdef Py_ssize_t i
+    if n == 0:
+        return False
+    for i in range(n):
+        if t[i] == 0x2B or t[i] == 0x23 or t[i] == 0:
+            return False
+    return True
+
+
+def mqtt_settle(MqttAckRun run, dict inflight):
+    """Settle the PUBACKs of ``run`` against ``inflight`` (packet id ->
+    MqttOutgoing): each one awaiting a PUBACK and held by no share group is
+    removed. Returns (how many were removed, the packet ids left for the
+    per-packet path: unknown ones, and ones a share group holds)."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(run.raw)
+    cdef Py_ssize_t i, n = len(run.raw)
+    cdef int done = 0
+    cdef list rest = []
+    cdef object pid, out
+    for i in range(0, n, 4):
+        pid = (<unsigned int>p[i + 2] << 8) | p[i + 3]
+        out = inflight.get(pid)
+        if (type(out) is MqttOutgoing and (<MqttOutgoing>out).state == 1
+                and (<MqttOutgoing>out).share is None):
+            del inflight[pid]
+            done += 1
+        else:
+            rest.append(pid)
+    return done, rest
+
+
+def mqtt_runs(list records, str qos_header):
+    """The records of a read (``Record``) in runs of one key: (key, start,
+    stop, plain) each, ``plain`` when every record of the run has exactly one
+    header, ``qos_header`` with value b"0", b"1" or b"2" (a message stored by
+    the door's plain path; anything else needs ``publish_fields``)."""
+    cdef list out = []
+    cdef Py_ssize_t i, start = 0, n = len(records)
+    cdef Record r
+    cdef object key = None
+    cdef bint plain = True, this
+    cdef tuple h
+    for i in range(n):
+        r = <Record>records[i]
+        if i == 0 or not (r.key is key or r.key == key):
+            if i:
+                out.append((key, start, i, plain))
+            key = r.key
+            start = i
+            plain = True
+        if plain:
+            this = False
+            if len(r.headers) == 1:
+                h = <tuple>r.headers[0]
+                if h[0] == qos_header and type(h[1]) is bytes and len(<bytes>h[1]) == 1:
+                    this = 0x30 <= (<unsigned char *>PyBytes_AS_STRING(h[1]))[0] <= 0x32
+            plain = this
+    if n:
+        out.append((key, start, n, plain))
+    return out
+
+
+cdef inline Py_ssize_t _vbi_size(Py_ssize_t n) noexcept:
+    return 1 if n < 0x80 else 2 if n < 0x4000 else 3 if n < 0x200000 else 4
+
+
+def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, int max_qos, int version,
+                    session, dict inflight, str log_topic, int partition, Py_ssize_t max_packet):
+    """The PUBLISH frames of ``records[start:stop]`` (a ``mqtt_runs`` plain
+    run on MQTT topic ``topic``) for one subscriber, each at the lower of
+    ``max_qos`` and the record's QoS, as one bytes object. Each QoS 1/2 one
+    gets the session's next free packet id (``session.next_id`` is read and
+    written back) and an MqttOutgoing in ``inflight`` holding its place in the
+    log. Returns (frames, how many went at QoS 1/2), or None, with nothing
+    taken, when a frame would be over ``max_packet`` (the caller goes message
+    by message)."""
+    cdef Py_ssize_t tlen, i, total = 0, n, k
+    cdef const char *t = PyUnicode_AsUTF8AndSize(topic, &tlen)
+    cdef Record r
+    cdef int qos, kept = 0
+    cdef unsigned int pid
+    cdef Py_ssize_t vlen
+    cdef unsigned char *o
+    cdef bytes out
+    cdef MqttOutgoing entry
+    cdef object key
+    cdef Py_buffer view
+    cdef unsigned char *qs = <unsigned char *>malloc(stop - start + 1)
+    if qs == NULL:
+        raise MemoryError()
+    try:
+        for i in range(start, stop):
+            r = <Record>records[i]
+            qos = (<unsigned char *>PyBytes_AS_STRING((<tuple>r.headers[0])[1]))[0] - 0x30
+            if qos > max_qos:
+                qos = max_qos
+            qs[i - start] = <unsigned char>qos
+            vlen = 0 if r.value is None else len(r.value)
+            n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
+            if 1 + _vbi_size(n) + n > max_packet:
+                return None
+            total += 1 + _vbi_size(n) + n
+        out = PyBytes_FromStringAndSize(NULL, total)
+        o = <unsigned char *>PyBytes_AS_STRING(out)
+        pid = session.next_id
+        k = 0
+        for i in range(start, stop):
+            r = <Record>records[i]
+            qos = qs[i - start]
+            vlen = 0 if r.value is None else len(r.value)
+            n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
+            o[k] = <unsigned char>(0x30 | (qos << 1))
+            k += 1
+            while True:
+                o[k] = <unsigned char>(n & 0x7F)
+                n >>= 7
+                if not n:
+                    k += 1
+                    break
+                o[k] |= 0x80
+                k += 1
+            o[k] = <unsigned char>(tlen >> 8)
+            o[k + 1] = <unsigned char>(tlen & 0xFF)
+            memcpy(o + k + 2, t, <size_t>tlen)
+            k += 2 + tlen
+            if qos:
+                for _ in range(65536):
+                    pid = pid % 65535 + 1
+                    key = pid
+                    if key not in inflight:
+                        break
+                else:
+                    raise RuntimeError("every packet id is in flight")
+                entry = MqttOutgoing.__new__(MqttOutgoing)
+                entry.topic = topic
+                entry.payload = b"" if r.value is None else r.value
+                entry.props = {}
+                entry.qos = qos
+                entry.state = qos
+                entry.retain = False
+                entry.loc = (log_topic, partition, r.offset)
+                entry.share = None
+                inflight[key] = entry
+                kept += 1
+                o[k] = <unsigned char>(pid >> 8)
+                o[k + 1] = <unsigned char>(pid & 0xFF)
+                k += 2
+            if version == 5:
+                o[k] = 0
+                k += 1
+            if vlen:
+                PyObject_GetBuffer(r.value, &view, PyBUF_SIMPLE)
+                memcpy(o + k, view.buf, <size_t>vlen)
+                PyBuffer_Release(&view)
+                k += vlen
+        session.next_id = pid
+        return out, kept
+    finally:
+        free(qs)

@@ -51,8 +51,13 @@ def raise_nofile_limit() -> int:
         return -1
 
 
-async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out: Any = None) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT when running in the main thread)."""
+async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out: Any = None,
+                      own_process: bool = False) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when running in the main thread).
+
+    ``own_process``: the server is the whole process (``umlog serve``), so it
+    may tune the cyclic garbage collector for itself (``tune_gc``).
+    """
     import umlog
 
     from .door import door_classes
@@ -131,6 +136,8 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
                 installed.append(sig)
             except (RuntimeError, ValueError, NotImplementedError, AttributeError):  # not the main thread
                 pass
+        if own_process:
+            tune_gc()
         print("umlog ready " + " ".join(bound), file=out, flush=True)
         log.info("serving %s (fsync=%s) with %s; max %s connections, idle timeout %d ms",
                  server["data_dir"], server["fsync"], ", ".join(bound),
@@ -158,6 +165,21 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None, out
         log.info("closed %s", server["data_dir"])
 
 
+def tune_gc() -> None:
+    """Keep the cyclic GC off what start-up made: every module, class and
+    setting lives as long as the process, yet each full collection walked them
+    all, about a third of the MQTT door's CPU under a steady stream
+    (``perf``). ``gc.freeze`` moves them out of the collected generations; the
+    youngest generation is collected every 10,000 allocations instead of 700,
+    so a burst of messages sets off fewer passes. Cycles made from now on are
+    collected as before."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def serve(settings: Settings) -> int:
     """Run ``serve_async`` on a fresh loop (uvloop when installed); the process exit code."""
     try:
@@ -169,9 +191,9 @@ def serve(settings: Settings) -> int:
     raise_nofile_limit()
     try:
         if uvloop is not None:
-            uvloop.run(serve_async(settings))
+            uvloop.run(serve_async(settings, own_process=True))
         else:
-            asyncio.run(serve_async(settings))
+            asyncio.run(serve_async(settings, own_process=True))
     except (DataDirLockedError, DataDirError) as e:
         log.error("%s", e)
         return 1

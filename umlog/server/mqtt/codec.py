@@ -624,6 +624,9 @@ class PacketReader:
     def __init__(self, max_packet_size: int = MAX_PACKET_SIZE, version: int = 4) -> None:
         self.max_packet_size = max_packet_size
         self.version = version
+        # Set (to the plain record headers by QoS) by a server connection: runs
+        # of plain PUBLISHes and PUBACKs come out as MqttPublishRun/MqttAckRun.
+        self.plain_headers = None
         self._buf = bytearray()
 
     def feed(self, data) -> None:
@@ -637,13 +640,15 @@ class PacketReader:
 
         Runs of plain PUBLISH and PUBACK packets are decoded natively
         (``mqtt_scan``, one call per run); it leaves every other packet, and
-        any it is unsure of, to the decoder here, which raises the errors."""
+        any it is unsure of, to the decoder here, which raises the errors.
+        With ``plain_headers`` set, such a run is one object (see mqtt_scan)."""
         buf = self._buf
         pos = 0
         try:
             while True:
                 run: list = []
-                pos = mqtt_scan(buf, pos, self.version, self.max_packet_size, run, Publish, PubAck)
+                pos = mqtt_scan(buf, pos, self.version, self.max_packet_size, run, Publish, PubAck,
+                                self.plain_headers)
                 yield from run
                 n = len(buf) - pos
                 if n < 2:

@@ -60,6 +60,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from umlog._native.core import mqtt_runs
+
 from ..door import Door
 from .codec import parse_shared, topic_matches
 from .settings import MQTT_SETTINGS, RETAINED_TOPIC, SESSIONS_TOPIC
@@ -87,7 +89,7 @@ _PROPERTY_HEADERS = {
 _HEADER_PROPERTIES = {h: p for p, h in _PROPERTY_HEADERS.items()}
 _RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, QOS2_ID_HEADER, *_HEADER_PROPERTIES}
 # The headers of a message with no retain flag and no properties, by QoS (most messages).
-_PLAIN_HEADERS = tuple(((QOS_HEADER, b"%d" % qos),) for qos in range(3))
+_PLAIN_HEADERS = PLAIN_HEADERS = tuple(((QOS_HEADER, b"%d" % qos),) for qos in range(3))
 _PLAIN_QOS = {b"0": 0, b"1": 1, b"2": 2}
 _ROUTED_NAMES = 4096  # topic names whose log topic (log_topic) and audience (_audience) are kept
 
@@ -232,28 +234,31 @@ class Fanout:
         return moved
 
     def _hand_out(self, k: tuple[str, int], records: list, now_ms: int) -> None:
-        """Hand ``records`` out in runs of one topic name (``MqttDoor.deliver_run``):
-        a burst on one topic costs one audience look-up and, per subscriber,
-        one pass of the per-connection checks, not one per record."""
+        """Hand ``records`` out in runs of one topic name (``mqtt_runs``): a
+        burst on one topic costs one audience look-up and, per subscriber, one
+        pass of the per-connection checks, not one per record. A plain run
+        (nothing but the QoS header) that no tracked connection published goes
+        out through ``MqttDoor.deliver_plain``, the others through
+        ``deliver_run``."""
         origins = self.origin
-        run: list = []
-        run_key = run_name = None
-        for r in records:
-            origin = origins.pop((k[0], k[1], r.offset), None) if origins else None
-            key = r.key
+        door = self.door
+        for key, start, stop, plain in mqtt_runs(records, QOS_HEADER):
             if key is None:
                 continue  # no MQTT topic name
-            if key != run_key:
-                try:
-                    name = key.decode("utf-8")
-                except UnicodeDecodeError:
-                    continue
-                if run:
-                    self.door.deliver_run(run_name, run, k, now_ms)
-                run, run_key, run_name = [], key, name
-            run.append((r, origin))
-        if run:
-            self.door.deliver_run(run_name, run, k, now_ms)
+            try:
+                name = key.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if origins:
+                run = [(r, origins.pop((k[0], k[1], r.offset), None)) for r in records[start:stop]]
+                if plain and not any(o is not None for _, o in run):
+                    door.deliver_plain(name, records, start, stop, k, now_ms)
+                else:
+                    door.deliver_run(name, run, k, now_ms)
+            elif plain:
+                door.deliver_plain(name, records, start, stop, k, now_ms)
+            else:
+                door.deliver_run(name, [(r, None) for r in records[start:stop]], k, now_ms)
 
 
 class MqttDoor(Door):
@@ -275,7 +280,7 @@ class MqttDoor(Door):
         self.tailed = list(dict.fromkeys([self.topic_name, *(t for _, t in self.routes)]))
         self._routed: dict[str, str] = {}  # MQTT topic name -> its log topic (log_topic)
         self._audiences: dict[str, list] = {}  # MQTT topic name -> who subscribes (_audience)
-        self._by_filter: tuple[dict[str, list], list] | None = None  # the subscriptions, indexed (_filters)
+        self._by_filter: tuple[dict[str, list], list, bool] | None = None  # the subscriptions, indexed (_filters)
         self.corked: list | None = None  # during a fan-out pass: connections holding frames
         self.clients: dict[str, Any] = {}  # client id -> its connection (connected ones)
         self.retained: dict[str, Any] = {}  # MQTT topic name -> record
@@ -417,6 +422,46 @@ class MqttDoor(Door):
                 self._retain(topic, payload, record_headers(qos, retain, props), appended)
         await self.hub.durable(appended)
 
+    async def publish_plain(self, conn, keys: list, values: list, headers: list) -> None:
+        """Append plain messages (``MqttPublishRun``: keys are the topic names'
+        bytes, headers the plain QoS headers, no RETAIN) in order; return once
+        durable. What ``publish_many`` does, with the lists made natively: one
+        log topic look-up per distinct topic name, not per message."""
+        appended: dict[Any, int] = {}
+        if not self.routes:
+            targets = {self.topic_name: None}
+        else:
+            names = {k: self.log_topic(k.decode()) for k in set(keys)}
+            targets = dict.fromkeys(names.values())
+        if len(targets) == 1:
+            self._append_plain(conn, self.broker.topic(next(iter(targets))), keys, values, headers, appended)
+        else:
+            groups: dict[str, list[int]] = {}
+            for i, k in enumerate(keys):
+                groups.setdefault(names[k], []).append(i)
+            for name, idx in groups.items():
+                self._append_plain(conn, self.broker.topic(name), [keys[i] for i in idx], [values[i] for i in idx],
+                                   [headers[i] for i in idx], appended)
+        await self.hub.durable(appended)
+
+    def _append_plain(self, conn, t, keys: list, values: list, headers: list, appended: dict) -> None:
+        if len(t.partitions) == 1:
+            offsets = t.append_many(values, keys, headers, partition=0)
+            p = t.partitions[0]
+            if offsets and appended.get(p, 0) <= offsets[-1]:
+                appended[p] = offsets[-1] + 1
+            placed = None
+        else:
+            placed = t.append_many(values, keys, headers)
+            for i, o in placed:
+                p = t.partitions[i]
+                if appended.get(p, 0) <= o:
+                    appended[p] = o + 1
+        if conn is not None and self.fanout is not None and self._filters()[2]:  # someone has no-local
+            origin = self.fanout.origin
+            for i, o in placed if placed is not None else ((0, o) for o in offsets):
+                origin[(t.name, i, o)] = conn
+
     def _append_group(self, conn, t, group: list, appended: dict) -> None:
         """Append the messages of one log topic; note each partition's new end in
         ``appended`` and, for no-local, who published each record."""
@@ -431,7 +476,7 @@ class MqttDoor(Door):
             p = t.partitions[i]
             if appended.get(p, 0) <= o:
                 appended[p] = o + 1
-        if conn is not None and self.fanout is not None:
+        if conn is not None and self.fanout is not None and self._filters()[2]:  # someone has no-local
             origin = self.fanout.origin
             for i, o in placed:
                 origin[(t.name, i, o)] = conn
@@ -514,6 +559,14 @@ class MqttDoor(Door):
         for conn, subs in audience:
             conn.send_run(name, fielded, subs, key)
 
+    def deliver_plain(self, name: str, records: list, start: int, stop: int, key: tuple[str, int],
+                      now_ms: int) -> None:
+        """Send ``records[start:stop]``, a plain run on topic ``name`` from
+        partition ``key`` (``Fanout._hand_out``), to the connections subscribed
+        to ``name`` (``MqttConnection.send_plain``)."""
+        for conn, subs in self._audience(name):
+            conn.send_plain(name, records, start, stop, subs, key, now_ms)
+
     def _audience(self, name: str) -> list:
         """(connection, its subscriptions whose filter matches ``name``) for every
         connected client with one, shared subscriptions aside. Kept per topic
@@ -522,7 +575,7 @@ class MqttDoor(Door):
         not once per message."""
         a = self._audiences.get(name)
         if a is None:
-            exact, wild = self._filters()
+            exact, wild, _ = self._filters()
             found: dict[Any, list] = {}
             for conn, f, sub in exact.get(name, ()):
                 found.setdefault(conn, []).append((f, sub))
@@ -535,15 +588,16 @@ class MqttDoor(Door):
             self._audiences[name] = a
         return a
 
-    def _filters(self) -> tuple[dict[str, list], list]:
+    def _filters(self) -> tuple[dict[str, list], list, bool]:
         """The connected clients' subscriptions (shared ones aside) as (filter
         without wildcards -> [(connection, filter, Subscription)], the ones with
-        wildcards), made again after ``subscriptions_changed``: a topic name is
+        wildcards, whether any is no-local), made again after ``subscriptions_changed``: a topic name is
         looked up among the first and matched against the second only, so
         10,000 clients on topics of their own cost one look-up, not 10,000 matches."""
         if self._by_filter is None:
             exact: dict[str, list] = {}
             wild = []
+            no_local = False
             for conn in self.clients.values():
                 s = conn.session
                 if s is None:
@@ -551,11 +605,12 @@ class MqttDoor(Door):
                 for f, sub in s.subs.items():
                     if f.startswith("$share/"):
                         continue
+                    no_local = no_local or sub.no_local
                     if "+" in f or "#" in f:
                         wild.append((conn, f, sub))
                     else:
                         exact.setdefault(f, []).append((conn, f, sub))
-            self._by_filter = (exact, wild)
+            self._by_filter = (exact, wild, no_local)
         return self._by_filter
 
     def subscriptions_changed(self) -> None:

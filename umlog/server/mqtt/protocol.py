@@ -68,7 +68,9 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
-from .door import QOS2_ID, publish_fields, with_ids
+from umlog._native.core import MqttAckRun, MqttPublishRun, mqtt_encode_run, mqtt_settle
+
+from .door import PLAIN_HEADERS, QOS2_ID, publish_fields, with_ids
 from .session import NEVER, Outgoing, Session
 
 log = logging.getLogger("umlog.server.mqtt")
@@ -201,9 +203,14 @@ class MqttConnection(asyncio.Protocol):
                     return
                 self.busy = True
                 try:
-                    if type(p) is Publish and self.connected:
+                    kind = type(p)
+                    if kind is MqttPublishRun:
+                        await self._publish_plain(self._take_runs(p))
+                    elif kind is MqttAckRun:
+                        self._acked_plain(self._take_runs(p))
+                    elif kind is Publish and self.connected:
                         await self._publish_run(self._take_run(p))
-                    elif type(p) is PubAck and self.connected:
+                    elif kind is PubAck and self.connected:
                         self._acked(self._take_run(p))
                     else:
                         await self._handle(p)
@@ -224,6 +231,15 @@ class MqttConnection(asyncio.Protocol):
         while q and type(q[0]) is kind:
             run.append(q.popleft())
         return run
+
+    def _take_runs(self, first):
+        """``first`` (an MqttPublishRun or MqttAckRun) with the runs of its kind
+        queued right behind it taken in."""
+        kind = type(first)
+        q = self.queue
+        while q and type(q[0]) is kind:
+            first.absorb(q.popleft())
+        return first
 
     def _refuse(self, e: MQTTError) -> None:
         log.info("mqtt %s (%s): %s; closing connection", self.peer, self.client_id or "no client id", e)
@@ -348,6 +364,8 @@ class MqttConnection(asyncio.Protocol):
         s.conn = self
         s.gone_at = None
         self.connected = True
+        if self.principal is None:  # the plain message path (see _publish_plain); ACLs need the per-packet one
+            self.reader.plain_headers = PLAIN_HEADERS
         store.mark(s)
         self._write(Connack(present, 0, props))
         if self.keep_alive:
@@ -482,6 +500,16 @@ class MqttConnection(asyncio.Protocol):
             self._write_frame(b"".join(frames))
         if error is not None:
             raise error
+
+    async def _publish_plain(self, run: MqttPublishRun) -> None:
+        """A run of plain PUBLISHes (QoS 0 or 1, no RETAIN, no properties, topic
+        names checked: ``mqtt_scan``), stored together, then every PUBACK in one
+        write: what ``_publish_run`` does for them, without a Python object per
+        message. Only while no principal is set (no ACL to check per message)."""
+        await self.door.publish_plain(self, run.keys, run.values, run.headers)
+        acks = run.acks
+        if acks:
+            self._write_frame(acks)
 
     # --- subscriptions ----------------------------------------------------------------
 
@@ -666,6 +694,45 @@ class MqttConnection(asyncio.Protocol):
         if frames:
             self._write_frame(frames[0] if len(frames) == 1 else b"".join(frames))
 
+    def send_plain(self, topic: str, records: list, start: int, stop: int, subs: tuple,
+                   key: tuple[str, int], now_ms: int) -> None:
+        """``records[start:stop]``, a plain run (``mqtt_runs``: every record
+        on ``topic``, from partition ``key``, with nothing but its QoS header,
+        published by no connection that matters for no-local), sent as
+        ``send_run`` would, its frames and in-flight entries made in one native
+        call (``mqtt_encode_run``). Anything that needs a look per message (a
+        subscription made inside the run, subscription identifiers, no room in
+        the receive maximum, a frame over the client's maximum packet size)
+        goes to ``send_run``."""
+        s = self.session
+        if s is None or not s.live or not self.connected or self.closed:
+            return
+        fixed = self._run_qos(subs, key, records[start].offset)
+        if fixed is not None and (fixed[0] is None or not fixed[0][2]):
+            best = fixed[0]  # for a record published by another connection
+            if best is None:
+                return
+            if self.principal is not None and not self.door.may(self, "READ", self.door.log_topic(topic), audit=False):
+                return  # fed from a log topic this principal may not READ
+            if best[0] == 0 or (not self.waiting and len(s.inflight) + stop - start <= self.window()):
+                got = mqtt_encode_run(records, start, stop, topic, best[0], self.version, s, s.inflight, key[0],
+                                      key[1], self.client_max_packet)
+                if got is not None:
+                    frames, kept = got
+                    if kept:
+                        self.door.store.mark(s)
+                    if frames:
+                        self._write_frame(frames)
+                    return
+        fielded = []
+        for i in range(start, stop):
+            r = records[i]
+            fields = publish_fields(r, now_ms)
+            if fields is not None:
+                fielded.append((r, None, fields))
+        if fielded:
+            self.send_run(topic, fielded, subs, key)
+
     def _run_qos(self, subs, key: tuple[str, int], first: int) -> tuple | None:
         """``best_qos`` for a run of records from offset ``first`` on, as (for a
         record published by another connection, by this one), when the offset
@@ -737,6 +804,21 @@ class MqttConnection(asyncio.Protocol):
         settled = False
         for p in run:
             settled = self._settle(p.packet_id, 1) or settled
+        if settled:
+            self._refill()
+
+    def _acked_plain(self, run: MqttAckRun) -> None:
+        """A run of PUBACKs: the plain ones settled natively (``mqtt_settle``),
+        the rest (unknown ids, share-group messages) one by one."""
+        s = self.session
+        if s is None or not self.connected:
+            return
+        done, rest = mqtt_settle(run, s.inflight)
+        settled = done > 0
+        if settled:
+            self.door.store.mark(s)
+        for pid in rest:
+            settled = self._settle(pid, 1) or settled
         if settled:
             self._refill()
 

@@ -72,6 +72,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from umlog._native.core import MqttOutgoing as Outgoing  # a QoS 1/2 message sent and not settled yet
+
 from .codec import Subscription
 
 __all__ = ["Session", "Outgoing", "SessionStore", "NEVER"]
@@ -80,19 +82,6 @@ log = logging.getLogger("umlog.server.mqtt")
 
 NEVER = 0xFFFFFFFF  # MQTT 5: a session expiry interval that never ends
 _MAX_TIMER_S = 86_400.0  # long expiries are re-armed daily (loop timers stay small)
-
-
-class Outgoing:
-    """A QoS 1/2 message sent to the client and not settled yet."""
-
-    __slots__ = ("topic", "payload", "props", "qos", "retain", "loc", "state", "share")
-
-    def __init__(self, topic: str, payload: bytes, props: dict, qos: int, retain: bool,
-                 loc: tuple[str, int, int] | None, share: Any = None) -> None:
-        self.topic, self.payload, self.props, self.qos, self.retain = topic, payload, props, qos, retain
-        self.loc = loc  # (log topic, partition, offset) of its record
-        self.state = qos  # 1, 2, or 3 once PUBREC'd
-        self.share = share  # (SharedSub, member handle, ShareRecord) until settled
 
 
 class Session:
