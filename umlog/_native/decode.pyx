@@ -19,6 +19,14 @@ cdef int decode_batch(const char *base, Py_ssize_t pos, BatchHeader *h,
     cdef int err = 0
     cdef int64_t offset, ts
     cdef Record rec
+    # A key or header set equal to the previous record's is shared, not made
+    # again: the records of one producer often repeat them (an MQTT topic
+    # name and QoS header, a service's fixed headers).
+    cdef const char *prev_key = NULL
+    cdef const char *prev_hdr = NULL
+    cdef Py_ssize_t prev_key_len = -1, prev_hdr_len = -1, hdr_len
+    cdef int32_t prev_hdr_count = -1
+    cdef object key_obj = None, hdr_obj = None
     if n < 0:
         raise CorruptBatchError(f"negative record count {n} in batch at position {pos}", pos)
     if codec != C_CODEC_NONE:
@@ -42,13 +50,21 @@ cdef int decode_batch(const char *base, Py_ssize_t pos, BatchHeader *h,
             rec.offset = offset
             rec.timestamp = ts
             if r.key_len >= 0:
-                rec.key = PyBytes_FromStringAndSize(r.key, r.key_len)
+                if r.key_len != prev_key_len or memcmp(r.key, prev_key, r.key_len) != 0:
+                    key_obj = PyBytes_FromStringAndSize(r.key, r.key_len)
+                    prev_key, prev_key_len = r.key, r.key_len
+                rec.key = key_obj
             if r.value_len >= 0:
                 rec.value = PyBytes_FromStringAndSize(r.value, r.value_len)
             if r.header_count == 0:
                 rec.headers = EMPTY_TUPLE
             else:
-                rec.headers = decode_headers(r.headers, r.header_count)
+                hdr_len = r.end - r.headers
+                if (hdr_len != prev_hdr_len or r.header_count != prev_hdr_count
+                        or memcmp(r.headers, prev_hdr, hdr_len) != 0):
+                    hdr_obj = decode_headers(r.headers, r.header_count)
+                    prev_hdr, prev_hdr_len, prev_hdr_count = r.headers, hdr_len, r.header_count
+                rec.headers = hdr_obj
             rec.topic = topic
             rec.partition = partition
             out.append(rec)

@@ -382,86 +382,170 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
     log. Returns (frames, how many went at QoS 1/2), or None, with nothing
     taken, when a frame would be over ``max_packet`` (the caller goes message
     by message)."""
-    cdef Py_ssize_t tlen, i, total = 0, n, k
+    cdef Py_ssize_t tlen, i, total = 0, k = 0, size
     cdef const char *t = PyUnicode_AsUTF8AndSize(topic, &tlen)
     cdef Record r
     cdef int qos, kept = 0
-    cdef unsigned int pid
-    cdef Py_ssize_t vlen
-    cdef unsigned char *o
+    cdef unsigned int pid = 0
     cdef bytes out
+    cdef unsigned char *o
     cdef MqttOutgoing entry
-    cdef object key
+    for i in range(start, stop):
+        r = <Record>records[i]
+        qos = min(max_qos, _record_qos(r))
+        size = _frame_size(tlen, qos, version, 0 if r.value is None else len(r.value))
+        if size > max_packet:
+            return None
+        total += size
+    out = PyBytes_FromStringAndSize(NULL, total)
+    o = <unsigned char *>PyBytes_AS_STRING(out)
+    pid = session.next_id
+    for i in range(start, stop):
+        r = <Record>records[i]
+        qos = min(max_qos, _record_qos(r))
+        if qos:
+            pid = _next_pid(pid, inflight)
+            entry = MqttOutgoing.__new__(MqttOutgoing)
+            entry.topic = topic
+            entry.payload = b"" if r.value is None else r.value
+            entry.props = {}
+            entry.qos = qos
+            entry.state = qos
+            entry.retain = False
+            entry.loc = (log_topic, partition, r.offset)
+            entry.share = None
+            inflight[pid] = entry
+            kept += 1
+        k += _write_frame(o + k, t, tlen, qos, pid, version, r.value)
+    session.next_id = pid
+    return out, kept
+
+
+cdef inline int _record_qos(Record r):
+    """The QoS of a plain record (``mqtt_runs``): its one header's value."""
+    return (<unsigned char *>PyBytes_AS_STRING((<tuple>r.headers[0])[1]))[0] - 0x30
+
+
+cdef inline Py_ssize_t _frame_size(Py_ssize_t tlen, int qos, int version, Py_ssize_t vlen) noexcept:
+    cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
+    return 1 + _vbi_size(n) + n
+
+
+cdef Py_ssize_t _write_frame(unsigned char *o, const char *t, Py_ssize_t tlen, int qos, unsigned int pid,
+                             int version, object value) except -1:
+    """One plain PUBLISH (no DUP, no RETAIN, no properties) at ``o``; its size."""
+    cdef Py_ssize_t vlen = 0 if value is None else len(value)
+    cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
+    cdef Py_ssize_t k = 0
     cdef Py_buffer view
-    cdef unsigned char *qs = <unsigned char *>malloc(stop - start + 1)
-    if qs == NULL:
-        raise MemoryError()
-    try:
-        for i in range(start, stop):
-            r = <Record>records[i]
-            qos = (<unsigned char *>PyBytes_AS_STRING((<tuple>r.headers[0])[1]))[0] - 0x30
-            if qos > max_qos:
-                qos = max_qos
-            qs[i - start] = <unsigned char>qos
-            vlen = 0 if r.value is None else len(r.value)
-            n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
-            if 1 + _vbi_size(n) + n > max_packet:
-                return None
-            total += 1 + _vbi_size(n) + n
-        out = PyBytes_FromStringAndSize(NULL, total)
-        o = <unsigned char *>PyBytes_AS_STRING(out)
-        pid = session.next_id
-        k = 0
-        for i in range(start, stop):
-            r = <Record>records[i]
-            qos = qs[i - start]
-            vlen = 0 if r.value is None else len(r.value)
-            n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
-            o[k] = <unsigned char>(0x30 | (qos << 1))
+    o[0] = <unsigned char>(0x30 | (qos << 1))
+    k = 1
+    while True:
+        o[k] = <unsigned char>(n & 0x7F)
+        n >>= 7
+        if not n:
             k += 1
-            while True:
-                o[k] = <unsigned char>(n & 0x7F)
-                n >>= 7
-                if not n:
-                    k += 1
-                    break
-                o[k] |= 0x80
-                k += 1
-            o[k] = <unsigned char>(tlen >> 8)
-            o[k + 1] = <unsigned char>(tlen & 0xFF)
-            memcpy(o + k + 2, t, <size_t>tlen)
-            k += 2 + tlen
-            if qos:
-                for _ in range(65536):
-                    pid = pid % 65535 + 1
-                    key = pid
-                    if key not in inflight:
-                        break
-                else:
-                    raise RuntimeError("every packet id is in flight")
-                entry = MqttOutgoing.__new__(MqttOutgoing)
-                entry.topic = topic
-                entry.payload = b"" if r.value is None else r.value
-                entry.props = {}
-                entry.qos = qos
-                entry.state = qos
-                entry.retain = False
-                entry.loc = (log_topic, partition, r.offset)
-                entry.share = None
-                inflight[key] = entry
-                kept += 1
-                o[k] = <unsigned char>(pid >> 8)
-                o[k + 1] = <unsigned char>(pid & 0xFF)
-                k += 2
-            if version == 5:
-                o[k] = 0
-                k += 1
-            if vlen:
-                PyObject_GetBuffer(r.value, &view, PyBUF_SIMPLE)
-                memcpy(o + k, view.buf, <size_t>vlen)
-                PyBuffer_Release(&view)
-                k += vlen
-        session.next_id = pid
-        return out, kept
-    finally:
-        free(qs)
+            break
+        o[k] |= 0x80
+        k += 1
+    o[k] = <unsigned char>(tlen >> 8)
+    o[k + 1] = <unsigned char>(tlen & 0xFF)
+    memcpy(o + k + 2, t, <size_t>tlen)
+    k += 2 + tlen
+    if qos:
+        o[k] = <unsigned char>(pid >> 8)
+        o[k + 1] = <unsigned char>(pid & 0xFF)
+        k += 2
+    if version == 5:
+        o[k] = 0
+        k += 1
+    if vlen:
+        PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
+        memcpy(o + k, view.buf, <size_t>vlen)
+        PyBuffer_Release(&view)
+        k += vlen
+    return k
+
+
+cdef unsigned int _next_pid(unsigned int pid, dict inflight) except 0:
+    cdef int tries
+    for tries in range(65536):
+        pid = pid % 65535 + 1
+        if pid not in inflight:
+            return pid
+    raise RuntimeError("every packet id is in flight")
+
+
+def mqtt_wait_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, int max_qos, str log_topic,
+                  int partition, waiting):
+    """Append ``records[start:stop]`` (a plain run on ``topic``) to ``waiting``
+    (the connection's messages held by the receive maximum) as its entries:
+    (topic, payload, qos, retain, props, (log topic, partition, offset), share)."""
+    cdef Record r
+    cdef int qos
+    cdef Py_ssize_t i
+    cdef list out = []
+    for i in range(start, stop):
+        r = <Record>records[i]
+        qos = min(max_qos, _record_qos(r))
+        out.append((topic, b"" if r.value is None else r.value, qos, False, {}, (log_topic, partition, r.offset),
+                    None))
+    waiting.extend(out)
+
+
+def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inflight, Py_ssize_t max_packet):
+    """Take plain entries (``mqtt_wait_run``'s: no RETAIN, no properties, no
+    share group) off the front of ``waiting`` while ``room`` QoS 1/2 ones fit,
+    and give their PUBLISH frames as one bytes object, each QoS 1/2 one with a
+    packet id and an MqttOutgoing in ``inflight``. Stops at the first entry
+    that is not plain or whose frame is over ``max_packet``. Returns (frames,
+    how many entries were taken, how many went at QoS 1/2)."""
+    cdef Py_ssize_t tlen, total = 0, count = 0, k = 0, vlen
+    cdef int qos, kept = 0
+    cdef tuple e
+    cdef const char *t
+    cdef unsigned int pid
+    cdef bytes out
+    cdef unsigned char *o
+    cdef MqttOutgoing entry
+    cdef Py_ssize_t n = len(waiting), i
+    # first pass: how many, and how many bytes
+    for i in range(n):
+        e = <tuple>waiting[i]
+        qos = e[2]
+        if qos and kept >= room:
+            break
+        if e[3] or e[6] is not None or type(e[4]) is not dict or len(<dict>e[4]) or type(e[0]) is not str:
+            break
+        PyUnicode_AsUTF8AndSize(e[0], &tlen)
+        vlen = len(e[1])
+        if _frame_size(tlen, qos, version, vlen) > max_packet:
+            break
+        total += _frame_size(tlen, qos, version, vlen)
+        count += 1
+        if qos:
+            kept += 1
+    if count == 0:
+        return b"", 0, 0
+    out = PyBytes_FromStringAndSize(NULL, total)
+    o = <unsigned char *>PyBytes_AS_STRING(out)
+    pid = session.next_id
+    for i in range(count):
+        e = <tuple>waiting.popleft()
+        qos = e[2]
+        t = PyUnicode_AsUTF8AndSize(e[0], &tlen)
+        if qos:
+            pid = _next_pid(pid, inflight)
+            entry = MqttOutgoing.__new__(MqttOutgoing)
+            entry.topic = e[0]
+            entry.payload = e[1]
+            entry.props = e[4]
+            entry.qos = qos
+            entry.state = qos
+            entry.retain = False
+            entry.loc = e[5]
+            entry.share = None
+            inflight[pid] = entry
+        k += _write_frame(o + k, t, tlen, qos, pid, version, e[1])
+    session.next_id = pid
+    return out, count, kept

@@ -758,9 +758,23 @@ class Partition:
         self._check_range(offset)
         return ReadCursor(self, offset)
 
+    def read_list(self, offset: int, max_records: int) -> list:
+        """Up to ``max_records`` records from ``offset`` on, as a list: what
+        ``read`` gives, for a reader that takes them all at once (a Python step
+        per chunk read, not per record)."""
+        out: list = []
+        for records in self._read_chunks(self.cursor(offset), max_records):
+            out += records
+        return out
+
     def _read(self, c: ReadCursor, remaining: int, progress: list | None = None) -> Iterator:
         """The generator behind read(), from cursor ``c``; at the end of the log it
         stores in ``progress[0]`` the offset it read up to (followers resume there)."""
+        for records in self._read_chunks(c, remaining, progress):
+            yield from records
+
+    def _read_chunks(self, c: ReadCursor, remaining: int, progress: list | None = None) -> Iterator[list]:
+        """``_read``'s records, a list per chunk decoded."""
         topic, index = self.topic, self.index
         while remaining != 0:
             if c.pos >= c.seg.size:
@@ -790,7 +804,7 @@ class Partition:
                 c.offset = records[-1].offset + 1
                 if remaining > 0:
                     remaining -= len(records)
-                yield from records
+                yield records
 
     def read_batches(self, offset: int, max_bytes: int) -> list:
         """Stored batch bytes from the batch holding ``offset``: whole batches,

@@ -223,7 +223,7 @@ class Fanout:
                 if start >= end:
                     continue
                 start = max(start, p.start_offset)
-                records = list(p.read(start, max_records=1000))
+                records = p.read_list(start, 1000)
                 moved = True
                 self.cursors[k] = records[-1].offset + 1 if records else end
                 self._hand_out(k, records, now_ms)

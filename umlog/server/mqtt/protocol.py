@@ -68,7 +68,14 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
-from umlog._native.core import MqttAckRun, MqttPublishRun, mqtt_encode_run, mqtt_settle
+from umlog._native.core import (
+    MqttAckRun,
+    MqttPublishRun,
+    mqtt_encode_run,
+    mqtt_encode_waiting,
+    mqtt_settle,
+    mqtt_wait_run,
+)
 
 from .door import PLAIN_HEADERS, QOS2_ID, publish_fields, with_ids
 from .session import NEVER, Outgoing, Session
@@ -714,16 +721,23 @@ class MqttConnection(asyncio.Protocol):
                 return
             if self.principal is not None and not self.door.may(self, "READ", self.door.log_topic(topic), audit=False):
                 return  # fed from a log topic this principal may not READ
-            if best[0] == 0 or (not self.waiting and len(s.inflight) + stop - start <= self.window()):
-                got = mqtt_encode_run(records, start, stop, topic, best[0], self.version, s, s.inflight, key[0],
-                                      key[1], self.client_max_packet)
-                if got is not None:
-                    frames, kept = got
-                    if kept:
-                        self.door.store.mark(s)
-                    if frames:
-                        self._write_frame(frames)
-                    return
+            # As many as the receive maximum leaves room for go now, the rest wait.
+            take = stop - start
+            if best[0]:
+                take = min(take, 0 if self.waiting else max(0, self.window() - len(s.inflight)))
+            got = mqtt_encode_run(records, start, start + take, topic, best[0], self.version, s, s.inflight,
+                                  key[0], key[1], self.client_max_packet) if take else (b"", 0)
+            if got is not None:
+                frames, kept = got
+                if kept:
+                    self.door.store.mark(s)
+                if frames:
+                    self._write_frame(frames)
+                if start + take < stop:
+                    mqtt_wait_run(records, start + take, stop, topic, best[0], key[0], key[1], self.waiting)
+                    if s.persistent and len(self.waiting) > MAX_WAITING and s.live:
+                        self._fall_behind()
+                return
         fielded = []
         for i in range(start, stop):
             r = records[i]
@@ -840,8 +854,23 @@ class MqttConnection(asyncio.Protocol):
         """Room in the window: send what waits, wake the catch-up and the share groups."""
         s = self.session
         window = self.window()
-        while self.waiting and len(s.inflight) < window:
-            self._send(*self.waiting.popleft())
+        waiting = self.waiting
+        frames = []
+        while waiting and len(s.inflight) < window:
+            # the plain ones in runs (one native call), any other one by one
+            got, taken, kept = mqtt_encode_waiting(waiting, window - len(s.inflight), self.version, s, s.inflight,
+                                                   self.client_max_packet)
+            if taken:
+                frames.append(got)
+                if kept:
+                    self.door.store.mark(s)
+                continue
+            if frames:
+                self._write_frame(b"".join(frames))
+                frames = []
+            self._send(*waiting.popleft())
+        if frames:
+            self._write_frame(b"".join(frames))
         self._room.set()
         self.door.shares.schedule()
 
