@@ -43,6 +43,15 @@ import logging
 import time
 import uuid
 
+from umlog._native.core import (
+    MqttAckRun,
+    MqttPublishRun,
+    mqtt_encode_run,
+    mqtt_encode_waiting,
+    mqtt_settle,
+    mqtt_wait_run,
+)
+
 from . import codec
 from .codec import (
     Connack,
@@ -68,15 +77,6 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
-from umlog._native.core import (
-    MqttAckRun,
-    MqttPublishRun,
-    mqtt_encode_run,
-    mqtt_encode_waiting,
-    mqtt_settle,
-    mqtt_wait_run,
-)
-
 from .door import PLAIN_HEADERS, QOS2_ID, publish_fields, with_ids
 from .session import NEVER, Outgoing, Session
 
