@@ -26,6 +26,7 @@ Usage::
 
     python bench/mqtt.py                  # 1,000,000 x 100 B, the pipelining publisher
     python bench/mqtt.py -n 200000 --publisher paho
+    python bench/mqtt.py -n 200000 --persistent   # the subscriber's session kept (clean session off)
     python bench/mqtt.py -n 200000 --fsync always
 
 Needs ``apt-get install mosquitto mosquitto-clients``.
@@ -164,10 +165,12 @@ s.close()
 """
 
 
-def run(port: int, pid: int, n: int, size: int, publisher: str, window: int) -> tuple[float, float]:
+def run(port: int, pid: int, n: int, size: int, publisher: str, window: int,
+        persistent: bool) -> tuple[float, float]:
     ready = "bench/ready"
     subprocess.run(["mosquitto_pub", "-p", str(port), "-t", ready, "-m", "r", "-r", "-q", "1"], check=True)
-    sub = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t", "bench/#", "-q", "1", "-C", str(n + 1)],
+    session = ["-c", "-i", "bench-sub"] if persistent else []  # a session kept, its messages in it
+    sub = subprocess.Popen(["mosquitto_sub", "-p", str(port), "-t", "bench/#", "-q", "1", "-C", str(n + 1), *session],
                            stdout=subprocess.PIPE)
     first = sub.stdout.readline()  # the retained message: the subscription is live
     assert first.strip() == b"r", first
@@ -191,6 +194,8 @@ def main() -> None:
     ap.add_argument("--fsync", default="never", choices=["never", "interval", "always"])
     ap.add_argument("--publisher", default="raw", choices=["raw", "paho"], help="the publishing client")
     ap.add_argument("--window", type=int, default=1000, help="the raw publisher's messages in flight")
+    ap.add_argument("--persistent", action="store_true",
+                    help="the subscriber keeps its session (clean session off): umlog records what it has in flight")
     args = ap.parse_args()
     for tool in ("mosquitto", "mosquitto_pub", "mosquitto_sub"):
         if not shutil.which(tool):
@@ -199,20 +204,21 @@ def main() -> None:
         rows = []
         proc, port = start_umlog(os.path.join(work, "data"), args.fsync)
         try:
-            wall, cpu = run(port, proc.pid, args.n, args.size, args.publisher, args.window)
+            wall, cpu = run(port, proc.pid, args.n, args.size, args.publisher, args.window, args.persistent)
             rows.append((f"umlog (fsync={args.fsync})", wall, cpu))
         finally:
             proc.terminate()
             proc.wait()
         proc, port = start_mosquitto(work)
         try:
-            wall, cpu = run(port, proc.pid, args.n, args.size, args.publisher, args.window)
+            wall, cpu = run(port, proc.pid, args.n, args.size, args.publisher, args.window, args.persistent)
             rows.append(("mosquitto (no persistence)", wall, cpu))
         finally:
             proc.terminate()
             proc.wait()
     who = f"the pipelining publisher ({args.window} in flight)" if args.publisher == "raw" else "one paho publisher"
-    print(f"{args.n:,} QoS 1 messages of {args.size} B, {who} to one mosquitto_sub")
+    sub = "one mosquitto_sub with a persistent session" if args.persistent else "one mosquitto_sub"
+    print(f"{args.n:,} QoS 1 messages of {args.size} B, {who} to {sub}")
     print(f"{'broker':<28} {'msgs/s':>10} {'CPU-s/1M':>10} {'vs mosquitto':>13}")
     base = rows[-1][2] / args.n * 1e6
     for name, wall, cpu in rows:

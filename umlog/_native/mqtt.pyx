@@ -6,6 +6,7 @@
 # every error is still raised by one piece of code. mqtt_publish_frame
 # encodes the PUBLISH the fan-out sends per message and subscriber.
 
+from libc.stdio cimport snprintf
 from libc.string cimport memchr
 
 
@@ -373,16 +374,20 @@ cdef inline Py_ssize_t _vbi_size(Py_ssize_t n) noexcept:
 
 
 def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, int max_qos, int version,
-                    session, dict inflight, str log_topic, int partition, Py_ssize_t max_packet):
+                    session, dict inflight, str log_topic, int partition, Py_ssize_t max_packet,
+                    Py_ssize_t room=-1, bint skip_qos0=False):
     """The PUBLISH frames of ``records[start:stop]`` (a ``mqtt_runs`` plain
     run on MQTT topic ``topic``) for one subscriber, each at the lower of
     ``max_qos`` and the record's QoS, as one bytes object. Each QoS 1/2 one
     gets the session's next free packet id (``session.next_id`` is read and
     written back) and an MqttOutgoing in ``inflight`` holding its place in the
-    log. Returns (frames, how many went at QoS 1/2), or None, with nothing
-    taken, when a frame would be over ``max_packet`` (the caller goes message
-    by message)."""
-    cdef Py_ssize_t tlen, i, total = 0, k = 0, size
+    log. It stops before the QoS 1/2 message that would be one more than
+    ``room`` (-1: no limit); ``skip_qos0`` leaves out the ones that would go
+    at QoS 0 (a session catching up from the log). Returns (frames, how many
+    went at QoS 1/2, the index after the last record taken), or None, with
+    nothing taken, when a frame would be over ``max_packet`` (the caller goes
+    message by message)."""
+    cdef Py_ssize_t tlen, i, total = 0, k = 0, size, end = start
     cdef const char *t = PyUnicode_AsUTF8AndSize(topic, &tlen)
     cdef Record r
     cdef int qos, kept = 0
@@ -393,16 +398,26 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
     for i in range(start, stop):
         r = <Record>records[i]
         qos = min(max_qos, _record_qos(r))
+        if qos:
+            if kept == room:
+                break
+            kept += 1
+        end = i + 1
+        if qos == 0 and skip_qos0:
+            continue
         size = _frame_size(tlen, qos, version, 0 if r.value is None else len(r.value))
         if size > max_packet:
             return None
         total += size
+    kept = 0
     out = PyBytes_FromStringAndSize(NULL, total)
     o = <unsigned char *>PyBytes_AS_STRING(out)
     pid = session.next_id
-    for i in range(start, stop):
+    for i in range(start, end):
         r = <Record>records[i]
         qos = min(max_qos, _record_qos(r))
+        if qos == 0 and skip_qos0:
+            continue
         if qos:
             pid = _next_pid(pid, inflight)
             entry = MqttOutgoing.__new__(MqttOutgoing)
@@ -418,7 +433,7 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
             kept += 1
         k += _write_frame(o + k, t, tlen, qos, pid, version, r.value)
     session.next_id = pid
-    return out, kept
+    return out, kept, end
 
 
 cdef inline int _record_qos(Record r):
@@ -549,3 +564,49 @@ def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inf
         k += _write_frame(o + k, t, tlen, qos, pid, version, e[1])
     session.next_id = pid
     return out, count, kept
+
+
+def mqtt_session_out(dict inflight, quote):
+    """The ``out`` list of a session record (umlog/server/mqtt/session.py) as
+    JSON bytes: ``[pid, log topic, partition, offset, qos, state, retain]`` for
+    each entry of ``inflight`` with a place in the log and no share group, in
+    the dict's order. ``quote`` gives a log topic name's JSON string (called
+    once per run of entries on one topic). A persistent session with a
+    thousand messages in flight writes its record after every round of
+    PUBACKs; made by ``json.dumps`` from lists, the list made for it, that was
+    the most of what such a subscriber cost."""
+    cdef object loc, topic = None
+    cdef bytes quoted = b""
+    cdef MqttOutgoing e
+    cdef Py_ssize_t cap = 256, k = 1, need
+    cdef char *buf = <char *>malloc(cap)
+    cdef char *grown
+    cdef int n
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        buf[0] = b"["
+        for pid, entry in inflight.items():
+            e = <MqttOutgoing?>entry
+            loc = e.loc
+            if loc is None or e.share is not None:
+                continue
+            if (<tuple>loc)[0] is not topic:
+                topic = (<tuple>loc)[0]
+                quoted = quote(topic).encode()
+            need = k + len(quoted) + 128
+            if need > cap:
+                cap = max(need, cap * 2)
+                grown = <char *>realloc(buf, cap)
+                if grown == NULL:
+                    raise MemoryError()
+                buf = grown
+            n = snprintf(buf + k, cap - k, "%s[%lld,%.*s,%lld,%lld,%d,%d,%s]", "," if k > 1 else "",
+                         <long long>pid, <int>len(quoted), PyBytes_AS_STRING(quoted),
+                         <long long>(<tuple>loc)[1], <long long>(<tuple>loc)[2], e.qos, e.state,
+                         "true" if e.retain else "false")
+            k += n
+        buf[k] = b"]"
+        return PyBytes_FromStringAndSize(buf, k + 1)
+    finally:
+        free(buf)

@@ -138,6 +138,10 @@ class ReadCursor:
         self.p = p
         self.offset = offset
         self.seg = p._segment_at(offset)
+        hint = p._read_hint
+        if hint is not None and hint[0] == offset and hint[1] is self.seg:
+            self.pos = hint[2]  # where the last read stopped: no index look-up, no scan
+            return
         found = self.seg.find_position(offset)
         self.pos = found[0] if found else self.seg.size
 
@@ -183,6 +187,7 @@ class Partition:
         # both and the segments: one native object (umlog/_native/appender.pyx)
         # so that Topic.append can append under the lock in one native call.
         self._open = OpenBatch(config.codec, 0, BATCH_BYTES)
+        self._read_hint: tuple | None = None  # (offset, segment, position) where the last read stopped
         self.lock = self._open
         self._sync_lock = threading.Lock()
         self._unwritten = None  # a sealed batch whose write failed: retried first
@@ -763,7 +768,10 @@ class Partition:
         ``read`` gives, for a reader that takes them all at once (a Python step
         per chunk read, not per record)."""
         out: list = []
-        for records in self._read_chunks(self.cursor(offset), max_records):
+        # a few records need not cost a 1 MiB pread (and its CRCs): a reader
+        # behind the end asks again and again for the next few
+        chunk = min(READ_CHUNK, max(64 << 10, max_records << 9))
+        for records in self._read_chunks(self.cursor(offset), max_records, chunk=chunk):
             out += records
         return out
 
@@ -773,8 +781,10 @@ class Partition:
         for records in self._read_chunks(c, remaining, progress):
             yield from records
 
-    def _read_chunks(self, c: ReadCursor, remaining: int, progress: list | None = None) -> Iterator[list]:
-        """``_read``'s records, a list per chunk decoded."""
+    def _read_chunks(self, c: ReadCursor, remaining: int, progress: list | None = None,
+                     chunk: int = READ_CHUNK) -> Iterator[list]:
+        """``_read``'s records, a list per chunk of about ``chunk`` bytes decoded
+        (a batch bigger than that is read whole)."""
         topic, index = self.topic, self.index
         while remaining != 0:
             if c.pos >= c.seg.size:
@@ -784,17 +794,17 @@ class Partition:
                     return
                 continue
             seg, pos = c.seg, c.pos
-            chunk = seg.read(pos, READ_CHUNK)
+            data = seg.read(pos, chunk)
             try:
                 # CRCs checked: bytes that rotted on disk after they were
                 # written are refused, never handed out as records.
-                records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index, True)
+                records, used = decode_records(data, 0, len(data), c.offset, remaining, topic, index, True)
                 if used == 0 and not records:
-                    info = batch_info(chunk, 0) if len(chunk) >= BATCH_HEADER_SIZE else seg.batch_info_at(pos)
-                    if info.size <= len(chunk):
+                    info = batch_info(data, 0) if len(data) >= BATCH_HEADER_SIZE else seg.batch_info_at(pos)
+                    if info.size <= len(data):
                         return  # cannot happen for a valid log: nothing decodable
-                    chunk = seg.read(pos, info.size)
-                    records, used = decode_records(chunk, 0, len(chunk), c.offset, remaining, topic, index, True)
+                    data = seg.read(pos, info.size)
+                    records, used = decode_records(data, 0, len(data), c.offset, remaining, topic, index, True)
                     if used == 0 and not records:
                         return  # the writer is mid-way through this batch (tailers)
             except CorruptBatchError as e:
@@ -802,6 +812,10 @@ class Partition:
             c.pos += used
             if records:
                 c.offset = records[-1].offset + 1
+                if self.writable:
+                    # the next read of a tailing reader (the MQTT fan-out, a
+                    # session catching up) starts here: ReadCursor takes it
+                    self._read_hint = (c.offset, c.seg, c.pos)
                 if remaining > 0:
                     remaining -= len(records)
                 yield records
