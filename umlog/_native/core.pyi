@@ -517,12 +517,77 @@ def share_encode_window(version: int, start: int, end: int, entries: dict[int, S
 # --- the MQTT door's message path (umlog/server/mqtt/codec.py is the reference) ---
 
 def mqtt_scan(buf: Buffer, pos: int, version: int, max_packet_size: int, out: list, publish_cls: type,
-              puback_cls: type) -> int:
+              puback_cls: type, plain_headers: tuple | None = None) -> int:
     """Decode the run of plain PUBLISH and PUBACK packets at ``buf[pos:]`` into
     ``out`` (instances of the two classes, slots set as the codec's decoder
     would); the position after the last one taken. Stops without raising at a
     partial packet, one over ``max_packet_size``, another type, MQTT 5
-    properties or reason codes, or anything malformed."""
+    properties or reason codes, or anything malformed. With ``plain_headers``
+    (the record headers of a plain message, by QoS), consecutive plain QoS 0/1
+    PUBLISHes without RETAIN and with a valid topic name come out as one
+    MqttPublishRun, consecutive PUBACKs as one MqttAckRun."""
+
+class MqttOutgoing:
+    """A QoS 1/2 message sent to a client and not settled yet."""
+    topic: str
+    payload: bytes
+    props: dict
+    qos: int
+    retain: bool
+    loc: tuple[str, int, int] | None  # (log topic, partition, offset)
+    state: int  # 1, 2, or 3 once PUBREC'd
+    share: Any
+    def __init__(self, topic: str, payload: bytes, props: dict, qos: int, retain: bool,
+                 loc: tuple[str, int, int] | None, share: Any = None) -> None: ...
+
+class MqttPublishRun:
+    """Consecutive plain PUBLISHes as ``append_many``'s lists, and the PUBACKs of the QoS 1 ones."""
+    keys: list[bytes]
+    values: list[bytes]
+    headers: list[tuple]
+    raw: bytes
+    @property
+    def acks(self) -> bytes: ...
+    @property
+    def count(self) -> int: ...
+    def absorb(self, other: MqttPublishRun) -> None: ...
+    def packets(self, publish_cls: type, puback_cls: type) -> list: ...
+
+class MqttAckRun:
+    """Consecutive PUBACKs (``raw``: 4 bytes each)."""
+    raw: bytes
+    @property
+    def count(self) -> int: ...
+    def absorb(self, other: MqttAckRun) -> None: ...
+    def packet_ids(self) -> list[int]: ...
+
+def mqtt_settle(run: MqttAckRun, inflight: dict[int, MqttOutgoing]) -> tuple[int, list[int]]:
+    """Remove the entries the PUBACKs settle (state 1, no share group); (how
+    many, the packet ids left for the per-packet path)."""
+
+def mqtt_runs(records: list[Record], qos_header: str) -> list[tuple[bytes | None, int, int, bool]]:
+    """(key, start, stop, plain) per run of records with one key; plain: only
+    the QoS header, valued b"0", b"1" or b"2"."""
+
+def mqtt_encode_run(records: list[Record], start: int, stop: int, topic: str, max_qos: int, version: int,
+                    session: Any, inflight: dict[int, MqttOutgoing], log_topic: str, partition: int,
+                    max_packet: int, room: int = -1, skip_qos0: bool = False) -> tuple[bytes, int, int] | None:
+    """The PUBLISH frames of a plain run for one subscriber, packet ids and
+    in-flight entries taken: (frames, how many at QoS 1/2, the index after the
+    last record taken), or None (nothing taken) when a frame is over
+    ``max_packet``."""
+
+def mqtt_wait_run(records: list[Record], start: int, stop: int, topic: str, max_qos: int, log_topic: str,
+                  partition: int, waiting: Any) -> None:
+    """Append a plain run to ``waiting`` as its entries."""
+
+def mqtt_encode_waiting(waiting: Any, room: int, version: int, session: Any, inflight: dict[int, MqttOutgoing],
+                        max_packet: int) -> tuple[bytes, int, int]:
+    """Frames of the plain entries at the front of ``waiting`` that ``room``
+    leaves place for: (frames, entries taken, how many at QoS 1/2)."""
+
+def mqtt_session_out(inflight: dict[int, MqttOutgoing], quote: Any) -> bytes:
+    """The ``out`` list of a session record as JSON bytes."""
 
 def mqtt_publish_frame(topic: str, payload: Buffer, flags: int, packet_id: int, props: bytes) -> bytes:
     """The bytes of one PUBLISH: ``flags`` = DUP << 3 | QoS << 1 | RETAIN, the
