@@ -131,3 +131,154 @@ def _closed(raw: Raw) -> bool:
             raw.next()
     except (ConnectionError, OSError):
         return True
+
+
+# --- a pending will across a restart: it is in the session record --------------------------
+
+
+def serve(data_dir) -> ServeProcess:
+    return ServeProcess(str(data_dir), "--mqtt", "127.0.0.1:0")
+
+
+def restart(s: ServeProcess, how: str) -> ServeProcess:
+    if how == "sigkill":
+        s.proc.kill()
+        s.proc.wait()
+    assert s.stop() == (-9 if how == "sigkill" else 0)
+    return serve(s.data_dir)
+
+
+def leave_with_will(raw: Raw) -> float:
+    """DISCONNECT 0x04 (with will message), and wait for the server to close:
+    it has ended the connection and written the session record with the will
+    pending. Returns when it left (time.monotonic)."""
+    from umlog.server.mqtt.codec import Disconnect
+
+    raw.send(Disconnect(0x04))
+    _closed(raw)
+    raw.close()
+    return time.monotonic()
+
+
+def persistent_watcher(s: ServeProcess, cid: str, topic: str | None = None) -> Paho:
+    """A watcher whose session outlives restarts: what is published while it is
+    away (the server down included) reaches it when it comes back."""
+    w = Paho(s.addresses["mqtt"], mqtt.MQTTv5, cid, session=3600)
+    if topic is not None:
+        w.subscribe((topic, 1))
+    return w
+
+
+def marker(s: ServeProcess, topic: str, payload: bytes) -> None:
+    pub = Paho(s.addresses["mqtt"], mqtt.MQTTv5)
+    pub.publish(topic, payload)
+    pub.close()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_pending_will_goes_once_after_a_restart(tmp_path, how):
+    tag = uuid.uuid4().hex[:6]
+    s = serve(tmp_path / "data")
+    try:
+        watcher = persistent_watcher(s, "ww-" + tag, f"{tag}/#")
+        watcher.close()
+        gone = leave_with_will(vanishing(s, "wr-" + tag, f"{tag}/will", delay=2, expiry=60))
+        s = restart(s, how)
+        watcher = persistent_watcher(s, "ww-" + tag)
+        assert watcher.session_present
+        (will,) = watcher.wait(1, "the will, after the restart")
+        assert time.monotonic() - gone >= 1.9 and will.payload == b"gone wr-" + tag.encode()
+        marker(s, f"{tag}/marker", b"marker")
+        assert [m.payload for m in watcher.wait(2)] == [will.payload, b"marker"]
+        watcher.close()
+        s = restart(s, "sigterm")  # published: not again after another restart
+        watcher = persistent_watcher(s, "ww-" + tag)
+        marker(s, f"{tag}/marker", b"marker 2")
+        assert [m.payload for m in watcher.wait(1)] == [b"marker 2"]
+        watcher.close()
+    finally:
+        s.stop()
+
+
+def test_a_will_due_while_the_server_was_down_goes_at_start(tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    s = serve(tmp_path / "data")
+    try:
+        watcher = persistent_watcher(s, "ww-" + tag, f"{tag}/#")
+        watcher.close()
+        gone = leave_with_will(vanishing(s, "wd-" + tag, f"{tag}/will", delay=1, expiry=60))
+        s.proc.kill()
+        s.proc.wait()
+        s.stop()
+        time.sleep(max(0.0, gone + 1.2 - time.monotonic()))  # past its due time, the server down
+        s = serve(s.data_dir)
+        watcher = persistent_watcher(s, "ww-" + tag)
+        marker(s, f"{tag}/marker", b"marker")
+        assert [m.payload for m in watcher.wait(2)] == [b"gone wd-" + tag.encode(), b"marker"]
+        watcher.close()
+    finally:
+        s.stop()
+
+
+def test_a_session_resumed_after_a_restart_cancels_its_will_for_good(tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    cid = "wk-" + tag
+    s = serve(tmp_path / "data")
+    try:
+        watcher = persistent_watcher(s, "ww-" + tag, f"{tag}/#")
+        watcher.close()
+        gone = leave_with_will(vanishing(s, cid, f"{tag}/will", delay=3, expiry=60))
+        s = restart(s, "sigkill")
+        back = Raw(s.addresses["mqtt"], cid, version=5, clean_start=False, properties={"session_expiry_interval": 60})
+        assert back.connack.session_present and time.monotonic() - gone < 3  # in time
+        back.close()  # vanishes again, with no will this time (this connection has none)
+        s = restart(s, "sigkill")  # the cancel is in the record: no will after this restart either
+        time.sleep(max(0.0, gone + 3.2 - time.monotonic()))  # past the first will's due time
+        watcher = persistent_watcher(s, "ww-" + tag)
+        marker(s, f"{tag}/marker", b"marker")
+        assert [m.payload for m in watcher.wait(1)] == [b"marker"]
+        watcher.close()
+    finally:
+        s.stop()
+
+
+def test_a_will_whose_publishing_a_kill_cut_short_goes_once(tmp_path):
+    """A SIGKILL between the record noting a will on its way (``ends``) and
+    that record without it: after the restart, a will found in the log from
+    ``ends`` on is not sent again, one not found is sent. The two states are
+    written as the door writes them (through the Kafka door), then the server
+    is killed."""
+    import base64
+    import json
+
+    from confluent_kafka import Producer
+
+    tag = uuid.uuid4().hex[:6]
+    s = serve(tmp_path / "data")
+    try:
+        watcher = persistent_watcher(s, "ww-" + tag, f"{tag}/#")
+        watcher.close()
+        due = time.time_ns() // 1_000_000
+        p = Producer({"bootstrap.servers": s.bootstrap})
+        offsets = []
+        # cut short after the append: the will of "found" is in the log
+        p.produce("mqtt-messages", b"gone found", key=f"{tag}/found".encode(), partition=0,
+                  headers=[("mqtt-qos", b"1"), ("mqtt-will-id", f"{due}:found-{tag}".encode())],
+                  on_delivery=lambda err, m: offsets.append(m.offset()))
+        p.flush(scaled(10))
+        for name, ends in (("found", offsets[0]), ("lost", offsets[0] + 1)):  # "lost": before its append
+            will = {"topic": f"{tag}/{name}", "payload": base64.b64encode(b"gone " + name.encode()).decode(),
+                    "qos": 1, "retain": 0, "props": {}, "due": due, "principal": None, "host": "*", "peer": "?",
+                    "ends": [["mqtt-messages", 0, ends]]}
+            record = {"v": 1, "proto": 5, "expiry": 60, "gone_at": due, "subs": [], "pos": [], "out": [], "in2": [],
+                      "next_id": 0, "will": will}
+            p.produce("mqtt-sessions", json.dumps(record).encode(), key=f"{name}-{tag}".encode())
+        p.flush(scaled(10))
+        del p  # not to retry its connection to the killed server
+        s = restart(s, "sigkill")
+        watcher = persistent_watcher(s, "ww-" + tag)
+        marker(s, f"{tag}/marker", b"marker")
+        assert [m.payload for m in watcher.wait(3)] == [b"gone found", b"gone lost", b"marker"]
+        watcher.close()
+    finally:
+        s.stop()

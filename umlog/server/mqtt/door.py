@@ -80,6 +80,10 @@ TTL_HEADER = "umlog-ttl-ms"  # the message expiry interval, as every door's TTL
 # from the door's own key QOS2_ID in the properties it is given.
 QOS2_ID_HEADER = "mqtt-qos2-id"
 QOS2_ID = "umlog_qos2_id"
+# "due ms:client id" of a delayed will published from its session record
+# (session.py), from the door's own key WILL_ID in the properties it is given.
+WILL_ID_HEADER = "mqtt-will-id"
+WILL_ID = "umlog_will_id"
 _PROPERTY_HEADERS = {
     "content_type": "content-type",
     "response_topic": "mqtt-response-topic",
@@ -87,7 +91,7 @@ _PROPERTY_HEADERS = {
     "payload_format_indicator": "mqtt-payload-format",
 }
 _HEADER_PROPERTIES = {h: p for p, h in _PROPERTY_HEADERS.items()}
-_RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, QOS2_ID_HEADER, *_HEADER_PROPERTIES}
+_RESERVED = {QOS_HEADER, RETAIN_HEADER, TTL_HEADER, QOS2_ID_HEADER, WILL_ID_HEADER, *_HEADER_PROPERTIES}
 # The headers of a message with no retain flag and no properties, by QoS (most messages).
 _PLAIN_HEADERS = PLAIN_HEADERS = tuple(((QOS_HEADER, b"%d" % qos),) for qos in range(3))
 _PLAIN_QOS = {b"0": 0, b"1": 1, b"2": 2}
@@ -113,6 +117,9 @@ def record_headers(qos: int, retain: bool, props: dict) -> Sequence[tuple[str, b
     qos2_id = props.get(QOS2_ID)
     if qos2_id is not None:
         h.append((QOS2_ID_HEADER, qos2_id.encode()))
+    will_id = props.get(WILL_ID)
+    if will_id is not None:
+        h.append((WILL_ID_HEADER, will_id.encode()))
     return h
 
 
@@ -143,7 +150,7 @@ def publish_fields(r, now_ms: int) -> tuple[int, bool, dict] | None:
             if left <= 0:
                 return None
             props["message_expiry_interval"] = max(1, left // 1000)
-        elif k == QOS2_ID_HEADER:
+        elif k == QOS2_ID_HEADER or k == WILL_ID_HEADER:
             continue
         elif k in _HEADER_PROPERTIES:
             p = _HEADER_PROPERTIES[k]
@@ -276,6 +283,8 @@ class MqttDoor(Door):
         self.topic_name = options.get("topic") or "mqtt-messages"
         self.max_packet_size = options.get("max_packet_size") or 16 * 1024 * 1024
         self.connect_timeout_s = (options.get("connect_timeout_ms") or 10_000) / 1000
+        self.max_keep_alive = options.get("max_keep_alive") or 0  # seconds; 0: no cap
+        self.receive_maximum = options.get("receive_maximum") or 1024
         self.routes: list[tuple[str, str]] = [(r["filter"], r["topic"]) for r in options.get("route") or ()]
         self.tailed = list(dict.fromkeys([self.topic_name, *(t for _, t in self.routes)]))
         self._routed: dict[str, str] = {}  # MQTT topic name -> its log topic (log_topic)
@@ -403,7 +412,13 @@ class MqttDoor(Door):
 
     async def publish_many(self, conn, msgs: list[tuple[str, bytes, int, bool, dict]]) -> None:
         """Append messages ``(topic, payload, qos, retain, props)`` in order (and
-        their retained copies); return once all are durable.
+        their retained copies); return once all are durable (``append_many``)."""
+        await self.hub.durable(self.append_many(conn, msgs))
+
+    def append_many(self, conn, msgs: list[tuple[str, bytes, int, bool, dict]]) -> dict:
+        """Append messages ``(topic, payload, qos, retain, props)`` in order (and
+        their retained copies) at once; the new end of each partition written,
+        for ``hub.durable``.
 
         The messages of one log topic go in with one ``append_many`` (whole
         batches, written at once), so a burst of PUBLISHes costs one written
@@ -420,7 +435,7 @@ class MqttDoor(Door):
         for topic, payload, qos, retain, props in msgs:
             if retain:
                 self._retain(topic, payload, record_headers(qos, retain, props), appended)
-        await self.hub.durable(appended)
+        return appended
 
     async def publish_plain(self, conn, keys: list, values: list, headers: list) -> None:
         """Append plain messages (``MqttPublishRun``: keys are the topic names'

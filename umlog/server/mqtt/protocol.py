@@ -38,8 +38,10 @@ few methods.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
+import operator
 import time
 import uuid
 
@@ -48,6 +50,7 @@ from umlog._native.core import (
     MqttPublishRun,
     mqtt_encode_run,
     mqtt_encode_waiting,
+    mqtt_runs,
     mqtt_settle,
     mqtt_wait_run,
 )
@@ -77,10 +80,11 @@ from .codec import (
     parse_shared,
     topic_matches,
 )
-from .door import PLAIN_HEADERS, QOS2_ID, publish_fields, with_ids
-from .session import NEVER, Outgoing, Session
+from .door import PLAIN_HEADERS, QOS2_ID, QOS_HEADER, publish_fields, with_ids
+from .session import NEVER, Outgoing, PendingWill, Session
 
 log = logging.getLogger("umlog.server.mqtt")
+_offset = operator.attrgetter("offset")
 
 _MAX_QUEUED = 64
 TOPIC_ALIAS_MAXIMUM = 64
@@ -94,12 +98,13 @@ SERVER_SHUTTING_DOWN = 0x8B
 KEEP_ALIVE_TIMEOUT = 0x8D
 SESSION_TAKEN_OVER = 0x8E
 PACKET_ID_NOT_FOUND = 0x92
+RECEIVE_MAXIMUM_EXCEEDED = 0x93
 TOPIC_ALIAS_INVALID = 0x94
 BAD_USER_NAME_OR_PASSWORD = 0x86  # CONNACK, MQTT 5 (3.1.1: return code 4)
 NOT_AUTHORIZED = 0x87
 # Messages in flight to a persistent session (each is in its record), and how
 # many may wait behind them before it reads them from the log again instead.
-SESSION_WINDOW = 100
+SESSION_WINDOW = 1000
 MAX_WAITING = 1000
 
 
@@ -340,8 +345,15 @@ class MqttConnection(asyncio.Protocol):
             props.update(topic_alias_maximum=TOPIC_ALIAS_MAXIMUM, retain_available=1,
                          wildcard_subscription_available=1,
                          shared_subscription_available=1, maximum_packet_size=self.door.max_packet_size)
+            if self.door.receive_maximum < 65535:
+                props["receive_maximum"] = self.door.receive_maximum
         else:
             expiry = 0 if p.clean_start else None  # 3.1.1: a persistent session never expires
+        keep_alive = self._keep_alive(p.keep_alive, props)
+        if keep_alive is None:
+            self._write(Connack(False, 0x02))  # 3.1.1 cannot be told another keep alive: identifier rejected
+            self._end(publish_will=False)
+            return
         store = self.door.store
         old = self.door.clients.get(cid)
         if old is not None and old is not self:
@@ -364,7 +376,7 @@ class MqttConnection(asyncio.Protocol):
                 s.timer = None
         self.client_id = cid
         self.will = p.will
-        self.keep_alive = p.keep_alive
+        self.keep_alive = keep_alive
         self.door.clients[cid] = self
         self.door.subscriptions_changed()
         self.session = s
@@ -382,6 +394,22 @@ class MqttConnection(asyncio.Protocol):
             self.door.rejoin_shares(s)
             if not s.live:
                 self._catching_up = asyncio.get_running_loop().create_task(self._catch_up())
+
+    def _keep_alive(self, asked: int, props: dict) -> int | None:
+        """The keep alive this connection is held to: the client's, or, when it
+        asks for none or more than ``max_keep_alive``, the cap, told to an MQTT
+        5 client as Server Keep Alive (in ``props``). None: a 3.1.1 client asked
+        for more, and cannot be told (refused, as mosquitto's max_keepalive does:
+        holding it to less than it keeps to would close it whenever it idles)."""
+        cap = self.door.max_keep_alive
+        if not cap or 0 < asked <= cap:
+            return asked
+        if self.version != 5:
+            log.info("mqtt %s: keep alive %d s asked for, more than max_keep_alive %d s; refused", self.peer,
+                     asked, cap)
+            return None
+        props["server_keep_alive"] = cap
+        return cap
 
     def _authenticate(self, p: Connect) -> str | None:
         """The principal of a CONNECT (security on): its user name and password
@@ -457,6 +485,15 @@ class MqttConnection(asyncio.Protocol):
         written in one go, in the order of the PUBLISHes. A PUBLISH the
         codec's checks refuse ends the run: the ones before it are stored and
         answered, then the connection is refused.
+
+        Receive Maximum (MQTT 5, 4.9): a new QoS 2 PUBLISH while the door's
+        ``receive_maximum`` are unacknowledged (PUBREC'd awaiting PUBREL in
+        ``qos2_in``, or earlier in this run) refuses the connection with 0x93.
+        QoS 1 ones are not counted: each is acknowledged as soon as it is
+        stored and holds nothing after, what waits unread is bounded by the
+        read queue (``_MAX_QUEUED``), and the server's 0x93 is no requirement
+        of the spec (the client's MUST NOT is, MQTT-3.3.4-7), so the plain path
+        (``_publish_plain``) does no count.
         """
         s = self.session
         msgs = []
@@ -482,6 +519,10 @@ class MqttConnection(asyncio.Protocol):
                 continue
             props = p.properties
             if p.qos == 2:
+                if self.version == 5 and len(s.qos2_in) + len(held) >= self.door.receive_maximum:
+                    error = MQTTError(f"more than {self.door.receive_maximum} QoS 2 PUBLISHes unacknowledged "
+                                      "(receive maximum)", RECEIVE_MAXIMUM_EXCEEDED)
+                    break
                 held.add(p.packet_id)
                 if s.persistent:  # exactly once across a stop (session.py)
                     s.in2_pending[p.packet_id] = ends = ends or self.door.end_offsets()
@@ -722,19 +763,17 @@ class MqttConnection(asyncio.Protocol):
             if self.principal is not None and not self.door.may(self, "READ", self.door.log_topic(topic), audit=False):
                 return  # fed from a log topic this principal may not READ
             # As many as the receive maximum leaves room for go now, the rest wait.
-            take = stop - start
-            if best[0]:
-                take = min(take, 0 if self.waiting else max(0, self.window() - len(s.inflight)))
-            got = mqtt_encode_run(records, start, start + take, topic, best[0], self.version, s, s.inflight,
-                                  key[0], key[1], self.client_max_packet) if take else (b"", 0)
+            room = -1 if best[0] == 0 else 0 if self.waiting else max(0, self.window() - len(s.inflight))
+            got = mqtt_encode_run(records, start, stop, topic, best[0], self.version, s, s.inflight,
+                                  key[0], key[1], self.client_max_packet, room)
             if got is not None:
-                frames, kept = got
+                frames, kept, taken = got
                 if kept:
                     self.door.store.mark(s)
                 if frames:
                     self._write_frame(frames)
-                if start + take < stop:
-                    mqtt_wait_run(records, start + take, stop, topic, best[0], key[0], key[1], self.waiting)
+                if taken < stop:
+                    mqtt_wait_run(records, taken, stop, topic, best[0], key[0], key[1], self.waiting)
                     if s.persistent and len(self.waiting) > MAX_WAITING and s.live:
                         self._fall_behind()
                 return
@@ -913,11 +952,14 @@ class MqttConnection(asyncio.Protocol):
 
     def _catch_up_step(self, room: int) -> bool:
         """Deliver up to ``room`` QoS >= 1 messages from the session's position;
-        False once it stands at the fan-out's cursor everywhere."""
+        False once it stands at the fan-out's cursor everywhere. Plain runs
+        (``mqtt_runs``) go out natively (``mqtt_encode_run``), the others
+        message by message."""
         s = self.session
         fanout = self.door.fanout
         now_ms = time.time_ns() // 1_000_000
         behind = False
+        matched: dict[str, list] = {}  # topic name -> the session's subscriptions matching it
         for k, p in list(fanout.partitions()):
             end = fanout.cursors[k]
             start = s.pos.setdefault(k, end)
@@ -927,28 +969,52 @@ class MqttConnection(asyncio.Protocol):
             if room <= 0:
                 break
             start = max(start, p.start_offset)
-            nxt = end
-            for r in p.read(start, max_records=min(500, end - start)):
-                if r.offset >= end:
+            records = p.read_list(start, min(500, end - start, room + 64))  # not much more than fits
+            records = records[:bisect.bisect_left(records, end, key=_offset)]
+            nxt = records[-1].offset + 1 if records else end
+            for key, i, j, plain in mqtt_runs(records, QOS_HEADER):
+                if room <= 0:
+                    nxt = records[i].offset
                     break
-                name = None
-                if r.key is not None:
-                    try:
-                        name = r.key.decode("utf-8")
-                    except UnicodeDecodeError:
-                        pass
-                qos = None if name is None else self.matching_qos(name, None, k, r.offset)
-                fields = None if qos is None else publish_fields(r, now_ms)
-                if fields is not None and min(qos[0], fields[0]) >= 1:
-                    if room <= 0:
-                        nxt = r.offset
-                        break
-                    mqos, retain, props = fields
-                    self.send_message(name, r.value or b"", min(qos[0], mqos), retain and qos[1],
-                                      with_ids(props, qos[2]),
-                                      (k[0], k[1], r.offset))
-                    room -= 1
-                nxt = r.offset + 1
+                try:
+                    name = None if key is None else key.decode("utf-8")
+                except UnicodeDecodeError:
+                    name = None
+                if name is None:
+                    continue
+                subs = matched.get(name)
+                if subs is None:
+                    subs = matched[name] = [(f, sub) for f, sub in s.subs.items()
+                                            if not f.startswith("$share/") and topic_matches(f, name)]
+                if not subs:
+                    continue
+                fixed = self._run_qos(subs, k, records[i].offset) if plain else None
+                if fixed is not None and fixed[0] is not None and not fixed[0][2]:
+                    got = mqtt_encode_run(records, i, j, name, fixed[0][0], self.version, s, s.inflight, k[0],
+                                          k[1], self.client_max_packet, room, True)
+                    if got is not None:
+                        frames, kept, taken = got
+                        room -= kept
+                        if frames:
+                            self._write_frame(frames)
+                        if taken < j:
+                            nxt = records[taken].offset
+                            break
+                        continue
+                for r in records[i:j]:
+                    best = self.best_qos(subs, None, k, r.offset)
+                    fields = None if best is None else publish_fields(r, now_ms)
+                    if fields is not None and min(best[0], fields[0]) >= 1:
+                        if room <= 0:
+                            nxt = r.offset
+                            break
+                        mqos, retain, props = fields
+                        self.send_message(name, r.value or b"", min(best[0], mqos), retain and best[1],
+                                          with_ids(props, best[2]), (k[0], k[1], r.offset))
+                        room -= 1
+                else:
+                    continue
+                break
             s.pos[k] = nxt
         return behind
 
@@ -1031,18 +1097,20 @@ class MqttConnection(asyncio.Protocol):
         """Publish the will now, or, with an MQTT 5 will delay and a session that
         outlives this connection, when the delay passes or the session ends,
         whichever is first; not at all if a connection resumes the session
-        before (``Session.pend_will``)."""
+        before (``SessionStore.pend_will``: kept in the session record, across
+        a restart too)."""
         delay = will.properties.get("will_delay_interval", 0) if self.version == 5 else 0
         s = self.session
         if delay and s is not None and s.conn is self and s.expiry != 0:
-            loop = asyncio.get_running_loop()
-            s.pend_will(lambda: loop.create_task(self._publish_will(will)), delay)
+            due = time.time_ns() // 1_000_000 + delay * 1000
+            self.door.store.pend_will(s, PendingWill(will.topic, will.payload, will.qos, will.retain, will.properties,
+                                                     due, self.principal, self.host, self.peer))
         else:
             asyncio.get_running_loop().create_task(self._publish_will(will))
 
     async def _publish_will(self, will) -> None:
         if self.hub.shutting_down:
-            return  # a delayed will whose time came during shutdown
+            return  # the server is stopping
         if self.principal is not None and not self.door.may(self, "WRITE", self.door.log_topic(will.topic)):
             log.info("mqtt %s (%s): will on %r denied to %s", self.peer, self.client_id, will.topic, self.principal)
             return

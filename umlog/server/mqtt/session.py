@@ -45,7 +45,10 @@ Record value (JSON)::
      "pos": [[topic, partition, offset], ...],
      "out": [[packet_id, topic, partition, offset, qos, state, retain], ...],
      "in2": [packet_id, ...], "next_id": n,
-     "in2p": [[packet_id, [[topic, partition, offset], ...]], ...]}   # when any
+     "in2p": [[packet_id, [[topic, partition, offset], ...]], ...],   # when any
+     "will": {"topic", "payload" (base64), "qos", "retain", "props", "due": ms,
+              "principal", "host", "peer", "ends": [[topic, partition, offset], ...]}}
+              # a delayed will pending, when any ("ends" once on its way; PendingWill)
 
 QoS 2 received exactly once, across a SIGKILL too: the PUBREC goes out after
 the record holding its packet id in ``in2``, but the message is stored before
@@ -66,13 +69,14 @@ group, which gives them to another member if this one goes away.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from umlog._native.core import MqttOutgoing as Outgoing  # a QoS 1/2 message sent and not settled yet
+from umlog._native.core import mqtt_session_out
 
 from .codec import Subscription
 
@@ -82,6 +86,57 @@ log = logging.getLogger("umlog.server.mqtt")
 
 NEVER = 0xFFFFFFFF  # MQTT 5: a session expiry interval that never ends
 _MAX_TIMER_S = 86_400.0  # long expiries are re-armed daily (loop timers stay small)
+
+
+class PendingWill:
+    """The will of a connection that ended, waiting for its MQTT 5 will delay
+    (``SessionStore.pend_will``). It is in the session record, so it outlives a
+    restart. ``due``: the wall-clock ms it goes at; ``principal``, ``host`` and
+    ``peer`` are its connection's, for the WRITE check when it goes
+    (``MqttDoor.may`` takes it for that connection); ``ends``: the log's end
+    offsets when its publishing began (``SessionStore.release_will``)."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "due", "principal", "host", "peer", "ends",
+                 "timer")
+
+    def __init__(self, topic: str, payload: bytes, qos: int, retain: bool, properties: dict, due: int,
+                 principal: str | None = None, host: str = "*", peer: str = "?") -> None:
+        self.topic, self.payload, self.qos, self.retain = topic, bytes(payload), qos, bool(retain)
+        # the delay is ``due`` now; the rest go out with the will
+        self.properties = {k: v for k, v in properties.items() if k != "will_delay_interval"}
+        self.due = due
+        self.principal, self.host, self.peer = principal, host, peer
+        self.ends: dict[tuple[str, int], int] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def to_json(self) -> dict:
+        props = dict(self.properties)
+        if "correlation_data" in props:
+            props["correlation_data"] = base64.b64encode(props["correlation_data"]).decode()
+        v = {"topic": self.topic, "payload": base64.b64encode(self.payload).decode(), "qos": self.qos,
+             "retain": int(self.retain), "props": props, "due": self.due, "principal": self.principal,
+             "host": self.host, "peer": self.peer}
+        if self.ends is not None:
+            v["ends"] = [[t, p, o] for (t, p), o in sorted(self.ends.items())]
+        return v
+
+    @classmethod
+    def from_json(cls, v: dict) -> PendingWill:
+        props = dict(v["props"])
+        if "correlation_data" in props:
+            props["correlation_data"] = base64.b64decode(props["correlation_data"])
+        if "user_property" in props:
+            props["user_property"] = [(k, x) for k, x in props["user_property"]]
+        w = cls(v["topic"], base64.b64decode(v["payload"]), v["qos"], bool(v["retain"]), props, v["due"],
+                v.get("principal"), v.get("host", "*"), v.get("peer", "?"))
+        if "ends" in v:
+            w.ends = {(t, p): o for t, p, o in v["ends"]}
+        return w
 
 
 class Session:
@@ -106,9 +161,7 @@ class Session:
         self.written = False  # a record of it is in mqtt-sessions
         self.ended = False
         self.timer: asyncio.TimerHandle | None = None
-        # A will waiting for its delay (pend_will): publishes it when called.
-        self.will: Callable[[], Any] | None = None
-        self.will_timer: asyncio.TimerHandle | None = None
+        self.will: PendingWill | None = None  # a will waiting for its delay (SessionStore.pend_will)
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id!r} expiry={self.expiry} subs={list(self.subs)}>"
@@ -124,28 +177,12 @@ class Session:
                 return self.next_id
         raise RuntimeError("every packet id is in flight")
 
-    # --- a delayed will -------------------------------------------------------------------
-
-    def pend_will(self, publish: Callable[[], Any], delay_s: float) -> None:
-        """Hold the will of the connection that just ended: ``publish`` is called
-        after ``delay_s`` or when the session ends (``release_will``), whichever is
-        first, unless a connection resumes the session before (``cancel_will``).
-        Kept in memory only: a restart in between drops it."""
-        self.cancel_will()
-        self.will = publish
-        self.will_timer = asyncio.get_running_loop().call_later(delay_s, self.release_will)
-
-    def release_will(self) -> None:
-        publish = self.will
-        self.cancel_will()
-        if publish is not None:
-            publish()
-
     def cancel_will(self) -> None:
-        self.will = None
-        if self.will_timer is not None:
-            self.will_timer.cancel()
-            self.will_timer = None
+        """A connection resumed the session within the will delay: no will (the
+        caller marks the session, so its record loses the will too)."""
+        if self.will is not None:
+            self.will.disarm()
+            self.will = None
 
     # --- bytes -----------------------------------------------------------------------------
 
@@ -153,15 +190,17 @@ class Session:
         subs = [[f, s.qos, s.no_local, s.retain_as_published, s.retain_handling,
                  [[t, p, o] for (t, p), o in sorted(self.since.get(f, {}).items())], self.sub_ids.get(f)]
                 for f, s in self.subs.items()]
-        out = [[pid, o.loc[0], o.loc[1], o.loc[2], o.qos, o.state, o.retain]
-               for pid, o in self.inflight.items() if o.loc is not None and (o.share is None)]
         v = {"v": 1, "proto": self.version, "expiry": None if self.expiry is None else self.expiry,
              "gone_at": self.gone_at, "subs": subs, "pos": [[t, p, o] for (t, p), o in sorted(pos.items())],
-             "out": out, "in2": sorted(self.qos2_in), "next_id": self.next_id}
+             "in2": sorted(self.qos2_in), "next_id": self.next_id}
         if self.in2_pending:
             v["in2p"] = [[pid, [[t, p, o] for (t, p), o in sorted(ends.items())]]
                          for pid, ends in self.in2_pending.items()]
-        return json.dumps(v, separators=(",", ":")).encode()
+        if self.will is not None:
+            v["will"] = self.will.to_json()
+        # "out" (the messages in flight) is made natively: it is most of the record
+        text = json.dumps(v, separators=(",", ":")).encode()
+        return b"".join((text[:-1], b',"out":', mqtt_session_out(self.inflight, json.dumps), b"}"))
 
     @classmethod
     def decode(cls, client_id: str, raw: bytes) -> Session:
@@ -183,6 +222,8 @@ class Session:
         s.qos2_in = set(v["in2"])
         s.in2_pending = {pid: {(t, p): o for t, p, o in ends} for pid, ends in v.get("in2p", ())}
         s.next_id = v.get("next_id", 0)
+        if v.get("will") is not None:
+            s.will = PendingWill.from_json(v["will"])
         s.written = True
         return s
 
@@ -220,8 +261,13 @@ class SessionStore:
             self.sessions[cid] = s
             self.arm_expiry(s)
         self._settle_pending_in2()
+        self._settle_pending_wills()
+        wills = [s for s in self.sessions.values() if s.will is not None]
+        for s in wills:  # at once if it fell due while the server was down
+            self._arm_will(s)
         if self.sessions:
-            log.info("mqtt: %d persistent session(s) restored", len(self.sessions))
+            log.info("mqtt: %d persistent session(s) restored, %d with a delayed will pending", len(self.sessions),
+                     len(wills))
 
     def _settle_pending_in2(self) -> None:
         """QoS 2 messages whose storing a stop cut short: each one found in the log
@@ -229,12 +275,42 @@ class SessionStore:
         again; one not found was not stored, and its resend will be."""
         from .door import QOS2_ID_HEADER
 
-        pending = {(s.client_id, pid): ends for s in self.sessions.values() for pid, ends in s.in2_pending.items()}
+        pending = [ends for s in self.sessions.values() for ends in s.in2_pending.values()]
         if not pending:
             return
+        found = self._marked(pending, QOS2_ID_HEADER)
+        for s in self.sessions.values():
+            if s.in2_pending:
+                s.qos2_in.update(pid for pid in s.in2_pending if f"{pid}:{s.client_id}" in found)
+                s.in2_pending = {}
+                self.mark(s)
+
+    def _settle_pending_wills(self) -> None:
+        """Delayed wills whose publishing a stop cut short (``release_will``):
+        one found in the log (its ``WILL_ID_HEADER``) went out and is dropped;
+        one not found goes out at once."""
+        from .door import WILL_ID_HEADER
+
+        pending = [s for s in self.sessions.values() if s.will is not None and s.will.ends is not None]
+        if not pending:
+            return
+        found = self._marked([s.will.ends for s in pending], WILL_ID_HEADER)
+        now = _now_ms()
+        for s in pending:
+            if _will_id(s) in found:
+                s.will = None
+            else:
+                s.will.ends = None
+                s.will.due = min(s.will.due, now)
+            self.mark(s)
+
+    def _marked(self, ends: list[dict[tuple[str, int], int]], header: str) -> set[str]:
+        """The values of ``header`` in the records from the lowest of the
+        offsets ``ends`` note for each partition on (what a stop may have cut
+        short was appended there)."""
         start: dict[tuple[str, int], int] = {}
-        for ends in pending.values():
-            for k, o in ends.items():
+        for e in ends:
+            for k, o in e.items():
                 start[k] = min(o, start.get(k, o))
         found = set()
         for (t, i), o in start.items():
@@ -244,15 +320,9 @@ class SessionStore:
                 continue
             for r in p.read(max(o, p.start_offset)):
                 for k, v in r.headers:
-                    if k == QOS2_ID_HEADER and v is not None:
-                        pid, _, cid = bytes(v).decode("utf-8", "replace").partition(":")
-                        if pid.isdigit() and (cid, int(pid)) in pending:
-                            found.add((cid, int(pid)))
-        for s in self.sessions.values():
-            if s.in2_pending:
-                s.qos2_in.update(pid for pid in s.in2_pending if (s.client_id, pid) in found)
-                s.in2_pending = {}
-                self.mark(s)
+                    if k == header and v is not None:
+                        found.add(bytes(v).decode("utf-8", "replace"))
+        return found
 
     def write_at_once(self, s: Session) -> None:
         """Write the record of ``s`` at once (not at the end of this pass of the
@@ -261,6 +331,77 @@ class SessionStore:
         p = self.topic.partitions[0]
         p.append_many([s.encode(self.door.position_of(s))], [s.client_id.encode()])
         s.written = True
+
+    # --- a delayed will -------------------------------------------------------------------
+
+    def pend_will(self, s: Session, will: PendingWill) -> None:
+        """Hold the will of the connection that just ended: it goes at
+        ``will.due`` or when the session ends, whichever is first
+        (``release_will``), unless a connection resumes the session before
+        (``Session.cancel_will``). It is in the session record, so a restart
+        keeps it, re-armed by ``load`` (at once if it fell due meanwhile)."""
+        if s.will is not None:
+            s.will.disarm()
+        s.will = will
+        self.mark(s)
+        self._arm_will(s)
+
+    def _arm_will(self, s: Session) -> None:
+        w = s.will
+        w.disarm()
+        left = (w.due - _now_ms()) / 1000
+        w.timer = asyncio.get_running_loop().call_later(max(0.0, min(left, _MAX_TIMER_S)), self._will_due, s, w)
+
+    def _will_due(self, s: Session, w: PendingWill) -> None:
+        w.timer = None
+        if s.will is not w:
+            return
+        if w.due > _now_ms():
+            self._arm_will(s)  # a long delay, re-armed daily
+            return
+        self.release_will(s)
+
+    def release_will(self, s: Session) -> None:
+        """Publish the pending will of ``s`` now, once even across a SIGKILL: the
+        session record first notes the log's end offsets (``ends``), the will's
+        record carries ``WILL_ID_HEADER``, and after a restart a will noted so is
+        looked for in the log from there (``_settle_pending_wills``) and sent
+        only if it is not found. It leaves the record once durable. During a
+        shutdown it stays in the record and goes after the restart."""
+        from .door import WILL_ID
+
+        w = s.will
+        if w is None or w.ends is not None:  # none, or on its way
+            return
+        w.disarm()
+        door = self.door
+        if door.hub.shutting_down:
+            return
+        if w.principal is not None and not door.may(w, "WRITE", door.log_topic(w.topic)):
+            log.info("mqtt: the will of %r on %r denied to %s", s.client_id, w.topic, w.principal)
+            s.will = None
+            self.mark(s)
+            return
+        w.ends = door.end_offsets()
+        if s.persistent:
+            self.write_at_once(s)
+        try:
+            appended = door.append_many(None, [(w.topic, w.payload, w.qos, w.retain,
+                                                {**w.properties, WILL_ID: _will_id(s)})])
+        except Exception:  # kept as on its way: a restart looks for it, and sends it
+            log.exception("mqtt: publishing the will of %r failed", s.client_id)
+            return
+        asyncio.get_running_loop().create_task(self._will_published(s, w, appended))
+
+    async def _will_published(self, s: Session, w: PendingWill, appended: dict) -> None:
+        try:
+            await self.door.hub.durable(appended)
+        except Exception:  # kept as on its way: a restart looks for it
+            log.exception("mqtt: syncing the will of %r failed", s.client_id)
+            return
+        if s.will is w:
+            s.will = None
+            self.mark(s)
 
     # --- expiry --------------------------------------------------------------------------
 
@@ -288,8 +429,8 @@ class SessionStore:
         """End a session for good: its shared subscriptions leave, its record goes."""
         if s.ended:
             return
+        self.release_will(s)  # the session ends before the will delay: the will goes now (its record first)
         s.ended = True
-        s.release_will()  # the session ends before the will delay: the will goes now
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
@@ -353,7 +494,9 @@ class SessionStore:
         if not dirty:
             return None, frames
         keys, values = [], []
-        for s in dirty:
+        # Tombstones first: a clean start ends a session and makes one of the same
+        # client id in one pass, and the later record of a key is the one kept.
+        for s in sorted(dirty, key=lambda s: not s.ended):
             if s.ended or not s.persistent:
                 if s.written:
                     keys.append(s.client_id.encode())
@@ -378,3 +521,8 @@ class SessionStore:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _will_id(s: Session) -> str:
+    """What the record of the pending will of ``s`` carries as ``WILL_ID_HEADER``."""
+    return f"{s.will.due}:{s.client_id}"

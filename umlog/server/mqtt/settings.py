@@ -60,6 +60,15 @@ MQTT_SETTINGS: tuple[Setting, ...] = (
     Setting("mqtt", "connect_timeout_ms", "int", 10_000,
             "A connection that sends no CONNECT within this time is closed.",
             flag="--mqtt-connect-timeout-ms", min=100, max=3_600_000),
+    Setting("mqtt", "max_keep_alive", "int", 0,
+            "Longest keep alive a client may use, in seconds (0: no cap). An MQTT 5 client asking for a longer "
+            "one or none (0) is told this one (Server Keep Alive) and held to it; an MQTT 3.1.1 client, which "
+            "cannot be told, is refused (CONNACK 0x02, as mosquitto's max_keepalive does).",
+            flag="--mqtt-max-keep-alive", min=0, max=65535),
+    Setting("mqtt", "receive_maximum", "int", 1024,
+            "Receive Maximum told MQTT 5 clients (in CONNACK when below 65535): QoS 1 and 2 PUBLISHes a client "
+            "may have unacknowledged. One with more QoS 2 ones than this awaiting PUBREL is disconnected (0x93).",
+            flag="--mqtt-receive-maximum", min=1, max=65535),
     *tls_settings("mqtt"),
     *MQTT_ROUTE_SETTINGS,
 )
