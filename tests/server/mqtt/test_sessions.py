@@ -244,6 +244,33 @@ def test_a_clean_start_discards_the_old_session(server, protocol):
     pub.close()
 
 
+def test_a_clean_start_with_an_expiry_is_a_session_a_kill_keeps(tmp_path):
+    """MQTT 5 clean start 1 with a session expiry on a client id that has a
+    session: the old one's tombstone and the new one's record are written in
+    one batch, the tombstone first; killed right after the CONNACKs, the new
+    sessions are there after the restart (several clients: a batch's order
+    was once that of a set)."""
+    s = serve(tmp_path / "data")
+    tag = uuid.uuid4().hex[:6]
+    cids = [f"restart-clean-{tag}-{i}" for i in range(6)]
+    expiry = {"session_expiry_interval": 600}
+    try:
+        for cid in cids:
+            Raw(mqtt_address(s), cid, version=5, clean_start=False, properties=expiry).disconnect()
+        fresh = [Raw(mqtt_address(s), cid, version=5, clean_start=True, properties=expiry) for cid in cids]
+        assert not any(c.connack.session_present for c in fresh)
+        kill(s)
+        for c in fresh:
+            c.close()
+        s = serve(tmp_path / "data")
+        back = [Raw(mqtt_address(s), cid, version=5, clean_start=False, properties=expiry) for cid in cids]
+        assert [c.connack.session_present for c in back] == [True] * len(cids)
+        for c in back:
+            c.close()
+    finally:
+        s.stop()
+
+
 def test_a_takeover_keeps_the_session(server):
     tag = uuid.uuid4().hex[:6]
     cid = "takeover-" + tag
