@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import ssl
+import time
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -97,6 +98,49 @@ def test_mqtts_publish_allowed_then_read_back(secure):
         assert got == [b"hello"]
     finally:
         c.close()
+
+
+def _vanish_with_delayed_will(address, user: str, topic: str, delay: int) -> None:
+    """An MQTT 5 user with a session and a will ``delay`` s late that closes its
+    socket without DISCONNECT."""
+    from umlog.server.mqtt.codec import Connect, PacketReader, Will, encode
+
+    s = socket.create_connection(address)
+    s.settimeout(scaled(10))
+    s.sendall(encode(Connect(_name(user), version=5, clean_start=True, username=user,
+                             password=PASSWORDS[user].encode(), properties={"session_expiry_interval": 60},
+                             will=Will(topic, b"gone " + user.encode(), 1,
+                                       properties={"will_delay_interval": delay})), 5))
+    reader = PacketReader(version=5)
+    packets = []
+    while not packets:
+        data = s.recv(65536)
+        assert data, "closed before CONNACK"
+        reader.feed(data)
+        packets = list(reader.packets())
+    assert packets[0].reason == 0
+    s.close()
+
+
+def test_mqtt_delayed_will_needs_write_when_it_goes(secure):
+    """A delayed will is checked against its user's ACLs when it goes: the super
+    user's goes, bob's (no WRITE) does not."""
+    tag = uuid.uuid4().hex[:8]
+    w = _Client(secure.addresses["mqtt"], True, "admin", PASSWORDS["admin"])
+    try:
+        got = []
+        w.c.on_message = lambda cl, u, m: got.append(m.payload)
+        w.c.subscribe(f"{tag}/#", qos=1)
+        wait_until(lambda: w.subacks, scaled(10), "SUBACK")
+        _vanish_with_delayed_will(secure.addresses["mqtt"], "bob", f"{tag}/bob", 1)
+        _vanish_with_delayed_will(secure.addresses["mqtt"], "admin", f"{tag}/admin", 1)
+        wait_until(lambda: got, scaled(10), "the super user's will")
+        time.sleep(0.5)  # bob's was due as soon
+        w.c.publish(f"{tag}/marker", b"marker", qos=1)
+        wait_until(lambda: len(got) >= 2, scaled(10), "the marker")
+        assert got == [b"gone admin", b"marker"]
+    finally:
+        w.close()
 
 
 def _http(address, method, path, user=None, password=None, ca=None, body=None):
