@@ -60,7 +60,7 @@ def test_a_v5_client_asking_for_none_is_told_the_cap(server):
     raw = Raw(server.addresses["mqtt"], cid(), version=5, keep_alive=0)
     assert raw.connack.reason == 0 and raw.connack.properties["server_keep_alive"] == CAP
     took, got = seconds_to_close(raw)
-    assert 1.4 * CAP <= took < scaled(1.5 * CAP + 3) and got == [Disconnect(0x8D)]
+    assert 1.2 * CAP <= took < scaled(1.5 * CAP + 3) and got == [Disconnect(0x8D)]
 
 
 def test_a_v5_client_asking_for_more_is_told_the_cap_and_held_to_it(server):
@@ -68,13 +68,13 @@ def test_a_v5_client_asking_for_more_is_told_the_cap_and_held_to_it(server):
     assert raw.connack.reason == 0
     assert raw.connack.properties["server_keep_alive"] == CAP
     # Pings keep it open past 1.5 x the cap ...
-    for _ in range(4):
-        time.sleep(0.5 * CAP)
+    for _ in range(7):
+        time.sleep(0.25 * CAP)
         raw.send(PingReq())
         assert isinstance(raw.next(), PingResp)
     # ... and silence closes it 1.5 x the cap later, not the keep alive it asked for.
     took, got = seconds_to_close(raw)
-    assert 1.4 * CAP <= took < scaled(1.5 * CAP + 3)
+    assert 1.2 * CAP <= took < scaled(1.5 * CAP + 3)
     assert got == [Disconnect(0x8D)]  # keep alive timeout
 
 
@@ -94,7 +94,7 @@ def test_a_3_1_1_client_asking_for_more_is_refused(server):
     within = Raw(server.addresses["mqtt"], cid(), version=4, keep_alive=CAP)
     assert within.connack.reason == 0
     took, got = seconds_to_close(within)
-    assert 1.4 * CAP <= took < scaled(1.5 * CAP + 3) and got == []
+    assert 1.2 * CAP <= took < scaled(1.5 * CAP + 3) and got == []
 
 
 def test_paho_v5_takes_the_server_keep_alive(server):
