@@ -571,18 +571,21 @@ def mqtt_runs(records: list[Record], qos_header: str) -> list[tuple[bytes | None
 
 def mqtt_encode_run(records: list[Record], start: int, stop: int, topic: str, max_qos: int, version: int,
                     session: Any, inflight: dict[int, MqttOutgoing], log_topic: str, partition: int,
-                    max_packet: int, room: int = -1, skip_qos0: bool = False) -> tuple[bytes, int, int] | None:
+                    max_packet: int, room: int = -1, skip_qos0: bool = False, aliases: dict[str, int] | None = None,
+                    alias_max: int = 0) -> tuple[bytes, int, int] | None:
     """The PUBLISH frames of a plain run for one subscriber, packet ids and
     in-flight entries taken: (frames, how many at QoS 1/2, the index after the
     last record taken), or None (nothing taken) when a frame is over
-    ``max_packet``."""
+    ``max_packet``. MQTT 5: with ``aliases`` (topic name -> alias given, at
+    most ``alias_max``) the name goes once with a new alias, then the alias alone."""
 
 def mqtt_wait_run(records: list[Record], start: int, stop: int, topic: str, max_qos: int, log_topic: str,
                   partition: int, waiting: Any) -> None:
     """Append a plain run to ``waiting`` as its entries."""
 
 def mqtt_encode_waiting(waiting: Any, room: int, version: int, session: Any, inflight: dict[int, MqttOutgoing],
-                        max_packet: int) -> tuple[bytes, int, int]:
+                        max_packet: int, aliases: dict[str, int] | None = None,
+                        alias_max: int = 0) -> tuple[bytes, int, int]:
     """Frames of the plain entries at the front of ``waiting`` that ``room``
     leaves place for: (frames, entries taken, how many at QoS 1/2)."""
 

@@ -375,7 +375,7 @@ cdef inline Py_ssize_t _vbi_size(Py_ssize_t n) noexcept:
 
 def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, int max_qos, int version,
                     session, dict inflight, str log_topic, int partition, Py_ssize_t max_packet,
-                    Py_ssize_t room=-1, bint skip_qos0=False):
+                    Py_ssize_t room=-1, bint skip_qos0=False, dict aliases=None, int alias_max=0):
     """The PUBLISH frames of ``records[start:stop]`` (a ``mqtt_runs`` plain
     run on MQTT topic ``topic``) for one subscriber, each at the lower of
     ``max_qos`` and the record's QoS, as one bytes object. Each QoS 1/2 one
@@ -386,7 +386,9 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
     at QoS 0 (a session catching up from the log). Returns (frames, how many
     went at QoS 1/2, the index after the last record taken), or None, with
     nothing taken, when a frame would be over ``max_packet`` (the caller goes
-    message by message)."""
+    message by message). With ``aliases`` (MQTT 5: topic name -> the topic
+    alias this connection gave it, at most ``alias_max`` of them) the topic
+    goes by its alias (``_topic_alias``)."""
     cdef Py_ssize_t tlen, i, total = 0, k = 0, size, end = start
     cdef const char *t = PyUnicode_AsUTF8AndSize(topic, &tlen)
     cdef Record r
@@ -395,6 +397,9 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
     cdef bytes out
     cdef unsigned char *o
     cdef MqttOutgoing entry
+    cdef bint known = False
+    cdef unsigned int alias = _topic_alias(topic, aliases, alias_max, &known) if version == 5 else 0
+    cdef bint named = known  # the client knows the alias once a frame naming it went
     for i in range(start, stop):
         r = <Record>records[i]
         qos = min(max_qos, _record_qos(r))
@@ -405,11 +410,13 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
         end = i + 1
         if qos == 0 and skip_qos0:
             continue
-        size = _frame_size(tlen, qos, version, 0 if r.value is None else len(r.value))
+        size = _frame_size(0 if named else tlen, qos, version, 0 if r.value is None else len(r.value), alias)
         if size > max_packet:
             return None
         total += size
+        named = alias != 0
     kept = 0
+    named = known
     out = PyBytes_FromStringAndSize(NULL, total)
     o = <unsigned char *>PyBytes_AS_STRING(out)
     pid = session.next_id
@@ -431,9 +438,30 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
             entry.share = None
             inflight[pid] = entry
             kept += 1
-        k += _write_frame(o + k, t, tlen, qos, pid, version, r.value)
+        k += _write_frame(o + k, t, 0 if named else tlen, qos, pid, version, r.value, alias)
+        named = alias != 0
     session.next_id = pid
+    if alias and not known and named:
+        aliases[topic] = alias
     return out, kept, end
+
+
+cdef unsigned int _topic_alias(object topic, dict aliases, int alias_max, bint *known) except? 0:
+    """The topic alias for ``topic`` towards a client that takes ``alias_max``
+    (MQTT 5 3.3.2.3.4): the one it was given (``known[0]`` set: the frame may
+    leave the name out), else a new one while there are fewer than
+    ``alias_max`` (the caller adds it to ``aliases`` once a frame carrying
+    both went), else 0 (the name in full, no alias)."""
+    known[0] = False
+    if aliases is None or alias_max <= 0:
+        return 0
+    a = aliases.get(topic)
+    if a is not None:
+        known[0] = True
+        return <unsigned int>a
+    if len(aliases) < alias_max:
+        return <unsigned int>(len(aliases) + 1)
+    return 0
 
 
 cdef inline int _record_qos(Record r):
@@ -441,16 +469,18 @@ cdef inline int _record_qos(Record r):
     return (<unsigned char *>PyBytes_AS_STRING((<tuple>r.headers[0])[1]))[0] - 0x30
 
 
-cdef inline Py_ssize_t _frame_size(Py_ssize_t tlen, int qos, int version, Py_ssize_t vlen) noexcept:
-    cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
+cdef inline Py_ssize_t _frame_size(Py_ssize_t tlen, int qos, int version, Py_ssize_t vlen,
+                                   unsigned int alias) noexcept:
+    cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + ((4 if alias else 1) if version == 5 else 0) + vlen
     return 1 + _vbi_size(n) + n
 
 
 cdef Py_ssize_t _write_frame(unsigned char *o, const char *t, Py_ssize_t tlen, int qos, unsigned int pid,
-                             int version, object value) except -1:
-    """One plain PUBLISH (no DUP, no RETAIN, no properties) at ``o``; its size."""
+                             int version, object value, unsigned int alias) except -1:
+    """One plain PUBLISH (no DUP, no RETAIN; MQTT 5: no property but a topic
+    ``alias`` when not 0) at ``o``; its size. ``tlen`` 0 leaves the name out."""
     cdef Py_ssize_t vlen = 0 if value is None else len(value)
-    cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + (1 if version == 5 else 0) + vlen
+    cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + ((4 if alias else 1) if version == 5 else 0) + vlen
     cdef Py_ssize_t k = 0
     cdef Py_buffer view
     o[0] = <unsigned char>(0x30 | (qos << 1))
@@ -472,8 +502,15 @@ cdef Py_ssize_t _write_frame(unsigned char *o, const char *t, Py_ssize_t tlen, i
         o[k + 1] = <unsigned char>(pid & 0xFF)
         k += 2
     if version == 5:
-        o[k] = 0
-        k += 1
+        if alias:
+            o[k] = 3
+            o[k + 1] = 0x23
+            o[k + 2] = <unsigned char>(alias >> 8)
+            o[k + 3] = <unsigned char>(alias & 0xFF)
+            k += 4
+        else:
+            o[k] = 0
+            k += 1
     if vlen:
         PyObject_GetBuffer(value, &view, PyBUF_SIMPLE)
         memcpy(o + k, view.buf, <size_t>vlen)
@@ -508,13 +545,15 @@ def mqtt_wait_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, in
     waiting.extend(out)
 
 
-def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inflight, Py_ssize_t max_packet):
+def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inflight, Py_ssize_t max_packet,
+                        dict aliases=None, int alias_max=0):
     """Take plain entries (``mqtt_wait_run``'s: no RETAIN, no properties, no
     share group) off the front of ``waiting`` while ``room`` QoS 1/2 ones fit,
     and give their PUBLISH frames as one bytes object, each QoS 1/2 one with a
     packet id and an MqttOutgoing in ``inflight``. Stops at the first entry
     that is not plain or whose frame is over ``max_packet``. Returns (frames,
-    how many entries were taken, how many went at QoS 1/2)."""
+    how many entries were taken, how many went at QoS 1/2). ``aliases`` and
+    ``alias_max`` as for ``mqtt_encode_run``."""
     cdef Py_ssize_t tlen, total = 0, count = 0, k = 0, vlen
     cdef int qos, kept = 0
     cdef tuple e
@@ -524,7 +563,12 @@ def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inf
     cdef unsigned char *o
     cdef MqttOutgoing entry
     cdef Py_ssize_t n = len(waiting), i
-    # first pass: how many, and how many bytes
+    cdef bint known, with_name
+    cdef unsigned int alias
+    cdef dict given = {}  # aliases this call gives: topic -> alias
+    cdef list plan = []  # per entry taken: (alias, whether the name goes too)
+    cdef object a
+    # first pass: how many, how many bytes, and which alias each one uses
     for i in range(n):
         e = <tuple>waiting[i]
         qos = e[2]
@@ -534,9 +578,22 @@ def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inf
             break
         PyUnicode_AsUTF8AndSize(e[0], &tlen)
         vlen = len(e[1])
-        if _frame_size(tlen, qos, version, vlen) > max_packet:
+        known = False
+        alias = 0
+        if version == 5 and aliases is not None and alias_max > 0:
+            a = given.get(e[0])
+            if a is not None:
+                alias, known = a, True
+            else:
+                alias = _topic_alias(e[0], aliases, alias_max - len(given), &known)
+                if alias and not known:
+                    alias += len(given)
+        if _frame_size(0 if known else tlen, qos, version, vlen, alias) > max_packet:
             break
-        total += _frame_size(tlen, qos, version, vlen)
+        if alias and not known:
+            given[e[0]] = alias
+        plan.append((alias, not known))
+        total += _frame_size(0 if known else tlen, qos, version, vlen, alias)
         count += 1
         if qos:
             kept += 1
@@ -561,8 +618,11 @@ def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inf
             entry.loc = e[5]
             entry.share = None
             inflight[pid] = entry
-        k += _write_frame(o + k, t, tlen, qos, pid, version, e[1])
+        alias, with_name = plan[i]
+        k += _write_frame(o + k, t, tlen if with_name else 0, qos, pid, version, e[1], alias)
     session.next_id = pid
+    if given:
+        aliases.update(given)
     return out, count, kept
 
 

@@ -131,7 +131,10 @@ class MqttConnection(asyncio.Protocol):
         self.keep_alive = 0
         self.last_active = 0.0
         self.busy = False
-        self.aliases: dict[int, str] = {}
+        self.aliases: dict[int, str] = {}  # the client's topic aliases
+        # ours towards the client (MQTT 5: as many as its Topic Alias Maximum): topic name -> alias
+        self.aliases_out: dict[str, int] = {}
+        self.alias_out_max = 0
         # messages held by the receive maximum: (topic, payload, qos, retain, props, loc, share)
         self.waiting: collections.deque = collections.deque()
         self.outbox: list[bytes] = []
@@ -342,6 +345,7 @@ class MqttConnection(asyncio.Protocol):
             expiry = None if expiry == NEVER else expiry
             self.receive_maximum = p.properties.get("receive_maximum", 65535)
             self.client_max_packet = p.properties.get("maximum_packet_size", codec.MAX_PACKET_SIZE)
+            self.alias_out_max = p.properties.get("topic_alias_maximum", 0)
             props.update(topic_alias_maximum=TOPIC_ALIAS_MAXIMUM, retain_available=1,
                          wildcard_subscription_available=1,
                          shared_subscription_available=1, maximum_packet_size=self.door.max_packet_size)
@@ -765,7 +769,8 @@ class MqttConnection(asyncio.Protocol):
             # As many as the receive maximum leaves room for go now, the rest wait.
             room = -1 if best[0] == 0 else 0 if self.waiting else max(0, self.window() - len(s.inflight))
             got = mqtt_encode_run(records, start, stop, topic, best[0], self.version, s, s.inflight,
-                                  key[0], key[1], self.client_max_packet, room)
+                                  key[0], key[1], self.client_max_packet, room, False, self.aliases_out,
+                                  self.alias_out_max)
             if got is not None:
                 frames, kept, taken = got
                 if kept:
@@ -815,7 +820,14 @@ class MqttConnection(asyncio.Protocol):
         if qos:
             pid = s.packet_id()
             s.inflight[pid] = Outgoing(topic, payload, props, qos, retain, loc, share)
-        frame = encode_publish(topic, payload, qos, retain, False, pid, props, self.version)
+        alias = self.aliases_out.get(topic) if self.alias_out_max else None
+        if alias is not None:  # the client knows it: the name is left out
+            frame = encode_publish("", payload, qos, retain, False, pid, {**props, "topic_alias": alias}, 5)
+        elif self.alias_out_max > len(self.aliases_out):
+            alias = len(self.aliases_out) + 1  # given with this frame, if it goes
+            frame = encode_publish(topic, payload, qos, retain, False, pid, {**props, "topic_alias": alias}, 5)
+        else:
+            frame = encode_publish(topic, payload, qos, retain, False, pid, props, self.version)
         if len(frame) > self.client_max_packet:
             if pid is not None:
                 del s.inflight[pid]
@@ -824,6 +836,8 @@ class MqttConnection(asyncio.Protocol):
             log.info("mqtt %s: a %d-byte message on %r is over the client's maximum packet size; not sent",
                      self.peer, len(frame), topic)
             return None
+        if alias is not None:
+            self.aliases_out.setdefault(topic, alias)
         return frame
 
     def _resend(self) -> None:
@@ -898,7 +912,7 @@ class MqttConnection(asyncio.Protocol):
         while waiting and len(s.inflight) < window:
             # the plain ones in runs (one native call), any other one by one
             got, taken, kept = mqtt_encode_waiting(waiting, window - len(s.inflight), self.version, s, s.inflight,
-                                                   self.client_max_packet)
+                                                   self.client_max_packet, self.aliases_out, self.alias_out_max)
             if taken:
                 frames.append(got)
                 if kept:
@@ -991,7 +1005,8 @@ class MqttConnection(asyncio.Protocol):
                 fixed = self._run_qos(subs, k, records[i].offset) if plain else None
                 if fixed is not None and fixed[0] is not None and not fixed[0][2]:
                     got = mqtt_encode_run(records, i, j, name, fixed[0][0], self.version, s, s.inflight, k[0],
-                                          k[1], self.client_max_packet, room, True)
+                                          k[1], self.client_max_packet, room, True, self.aliases_out,
+                                          self.alias_out_max)
                     if got is not None:
                         frames, kept, taken = got
                         room -= kept
