@@ -142,3 +142,27 @@ def test_qos_1_is_not_counted(rm_server):
     raw.s.sendall(b"".join(encode(Publish("lim/q1", b"x", qos=1, packet_id=pid), 5) for pid in range(1, n + 1)))
     assert [raw.next() for _ in range(n)] == [PubAck(pid) for pid in range(1, n + 1)]
     raw.close()
+
+
+def test_a_client_still_sending_reads_the_disconnect(rm_server):
+    """The server closes after its DISCONNECT 0x93 while the client is still
+    sending (a PUBREL for each PUBREC, as the Paho suite's client does): the
+    client reads the DISCONNECT, not a connection reset (the server half-closes
+    and drops what still comes before it closes)."""
+    from umlog.server.mqtt.codec import PubRel
+
+    for _ in range(5):
+        raw = Raw(rm_server.addresses["mqtt"], cid(), version=5)
+        topic = "lim/" + uuid.uuid4().hex[:6]
+        raw.s.sendall(b"".join(encode(Publish(topic, b"m", qos=2, packet_id=pid), 5)
+                               for pid in range(1, RECEIVE_MAXIMUM + 2)))
+        got = []
+        while True:
+            p = raw.next()  # a ConnectionResetError here is the failure
+            got.append(p)
+            if type(p) is Disconnect:
+                break
+            raw.send(PubRel(p.packet_id))
+            time.sleep(0.01)
+        assert got[-1].reason == 0x93
+        raw.close()

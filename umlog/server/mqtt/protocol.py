@@ -87,6 +87,7 @@ log = logging.getLogger("umlog.server.mqtt")
 _offset = operator.attrgetter("offset")
 
 _MAX_QUEUED = 64
+_LINGER_S = 1.0  # a closed connection's input is read and dropped this long (_close_transport)
 TOPIC_ALIAS_MAXIMUM = 64
 # MQTT 5 reason codes the door answers with.
 SUCCESS = 0x00
@@ -1081,11 +1082,31 @@ class MqttConnection(asyncio.Protocol):
             self.door.store.flush_now()
         self.hub.forget(self)
         self.uncork()  # frames held by a fan-out pass go before the close
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
         if self.wakeup is not None:
             self.wakeup.set()
         self._room.set()
+
+    def _close_transport(self) -> None:
+        """Close the socket so the client reads what was written last (a
+        DISCONNECT with its reason): closing with input unread makes the kernel
+        reset the connection, and a client still sending (PUBRELs, say) would
+        get the reset instead. So: half-close, drop what still comes
+        (``data_received`` ignores it once closed) for ``_LINGER_S`` or until the
+        client closes, then close. At shutdown, or where a half-close cannot
+        be done (TLS, WebSocket), close at once."""
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if self.hub.shutting_down or not t.can_write_eof():
+            t.close()
+            return
+        try:
+            t.write_eof()
+        except (OSError, RuntimeError):
+            t.close()
+            return
+        asyncio.get_running_loop().call_later(_LINGER_S, t.close)
 
     def _detach(self) -> None:
         """The session goes on without this connection (or ends, if its expiry is 0)."""

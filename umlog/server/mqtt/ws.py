@@ -50,6 +50,9 @@ class WsTransport:
     def is_closing(self) -> bool:
         return self._closing
 
+    def can_write_eof(self) -> bool:
+        return False  # a WebSocket closes with a close frame, never half
+
     def close(self) -> None:
         self._closing = True
         self._wake.set()
