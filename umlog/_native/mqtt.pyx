@@ -7,6 +7,9 @@
 # encodes the PUBLISH the fan-out sends per message and subscriber.
 
 from libc.stdio cimport snprintf
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(object o)
 from libc.string cimport memchr
 
 
@@ -532,16 +535,25 @@ def mqtt_wait_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, in
                   int partition, waiting):
     """Append ``records[start:stop]`` (a plain run on ``topic``) to ``waiting``
     (the connection's messages held by the receive maximum) as its entries:
-    (topic, payload, qos, retain, props, (log topic, partition, offset), share)."""
+    (topic, payload, qos, retain, props, (log topic, partition, offset), share).
+
+    The entries are taken out of the cyclic GC's sight, as the GC itself does
+    with tuples of atomic values (str, bytes, ints, None, an empty dict: no
+    cycle can run through them): a slow subscriber's queue may hold a million,
+    and every full collection walked them all."""
     cdef Record r
     cdef int qos
     cdef Py_ssize_t i
     cdef list out = []
+    cdef tuple loc, entry
     for i in range(start, stop):
         r = <Record>records[i]
         qos = min(max_qos, _record_qos(r))
-        out.append((topic, b"" if r.value is None else r.value, qos, False, {}, (log_topic, partition, r.offset),
-                    None))
+        loc = (log_topic, partition, r.offset)
+        PyObject_GC_UnTrack(loc)
+        entry = (topic, b"" if r.value is None else r.value, qos, False, {}, loc, None)
+        PyObject_GC_UnTrack(entry)
+        out.append(entry)
     waiting.extend(out)
 
 
