@@ -760,9 +760,12 @@ class MqttConnection(asyncio.Protocol):
         s = self.session
         if s is None or not s.live or not self.connected or self.closed:
             return
-        fixed = self._run_qos(subs, key, records[start].offset)
-        if fixed is not None and (fixed[0] is None or not fixed[0][2]):
-            best = fixed[0]  # for a record published by another connection
+        first = records[start].offset
+        since_of = s.since
+        # every subscription made at or before the run: one answer for all of it
+        uniform = not since_of or all(since_of.get(f) is None or since_of[f].get(key, 0) <= first for f, _ in subs)
+        best = self.best_qos(subs, None, key, first) if uniform else None  # no record here is this one's
+        if uniform and (best is None or not best[2]):
             if best is None:
                 return
             if self.principal is not None and not self.door.may(self, "READ", self.door.log_topic(topic), audit=False):
