@@ -169,6 +169,26 @@ cdef int _close_run(const unsigned char *p, int kind, Py_ssize_t start, Py_ssize
     return 0
 
 
+cdef inline Py_ssize_t _write_head(unsigned char *o, unsigned char first, Py_ssize_t n, const char *t,
+                                   Py_ssize_t tlen) noexcept:
+    """A PUBLISH's fixed header (``first``, remaining length ``n``) and topic
+    name at ``o``; the bytes written."""
+    cdef Py_ssize_t k = 1
+    o[0] = first
+    while True:
+        o[k] = <unsigned char>(n & 0x7F)
+        n >>= 7
+        if not n:
+            k += 1
+            break
+        o[k] |= 0x80
+        k += 1
+    o[k] = <unsigned char>(tlen >> 8)
+    o[k + 1] = <unsigned char>(tlen & 0xFF)
+    memcpy(o + k + 2, t, <size_t>tlen)
+    return k + 2 + tlen
+
+
 def mqtt_publish_frame(str topic, payload, unsigned int flags, unsigned int packet_id, bytes props):
     """The bytes of one PUBLISH: ``flags`` are the fixed header's low bits (DUP
     << 3 | QoS << 1 | RETAIN), ``packet_id`` is left out at QoS 0, ``props``
@@ -194,20 +214,7 @@ def mqtt_publish_frame(str topic, payload, unsigned int flags, unsigned int pack
         size = 2 if n < 0x80 else 3 if n < 0x4000 else 4 if n < 0x200000 else 5
         out = PyBytes_FromStringAndSize(NULL, size + n)
         o = <unsigned char *>PyBytes_AS_STRING(out)
-        o[0] = <unsigned char>(0x30 | (flags & 0x0F))
-        k = 1
-        while True:
-            o[k] = <unsigned char>(n & 0x7F)
-            n >>= 7
-            if not n:
-                k += 1
-                break
-            o[k] |= 0x80
-            k += 1
-        o[k] = <unsigned char>(tlen >> 8)
-        o[k + 1] = <unsigned char>(tlen & 0xFF)
-        memcpy(o + k + 2, t, <size_t>tlen)
-        k += 2 + tlen
+        k = _write_head(o, <unsigned char>(0x30 | (flags & 0x0F)), n, t, tlen)
         if qos:
             o[k] = <unsigned char>((packet_id >> 8) & 0xFF)
             o[k + 1] = <unsigned char>(packet_id & 0xFF)
@@ -484,22 +491,8 @@ cdef Py_ssize_t _write_frame(unsigned char *o, const char *t, Py_ssize_t tlen, i
     ``alias`` when not 0) at ``o``; its size. ``tlen`` 0 leaves the name out."""
     cdef Py_ssize_t vlen = 0 if value is None else len(value)
     cdef Py_ssize_t n = 2 + tlen + (2 if qos else 0) + ((4 if alias else 1) if version == 5 else 0) + vlen
-    cdef Py_ssize_t k = 0
+    cdef Py_ssize_t k = _write_head(o, <unsigned char>(0x30 | (qos << 1)), n, t, tlen)
     cdef Py_buffer view
-    o[0] = <unsigned char>(0x30 | (qos << 1))
-    k = 1
-    while True:
-        o[k] = <unsigned char>(n & 0x7F)
-        n >>= 7
-        if not n:
-            k += 1
-            break
-        o[k] |= 0x80
-        k += 1
-    o[k] = <unsigned char>(tlen >> 8)
-    o[k + 1] = <unsigned char>(tlen & 0xFF)
-    memcpy(o + k + 2, t, <size_t>tlen)
-    k += 2 + tlen
     if qos:
         o[k] = <unsigned char>(pid >> 8)
         o[k + 1] = <unsigned char>(pid & 0xFF)

@@ -431,7 +431,8 @@ class MqttDoor(Door):
             by_topic.setdefault(self.log_topic(m[0]), []).append(m)
         appended: dict[Any, int] = {}
         for name, group in by_topic.items():
-            self._append_group(conn, self.broker.topic(name), group, appended)
+            self._append_plain(conn, self.broker.topic(name), [m[0].encode() for m in group], [m[1] for m in group],
+                               [record_headers(m[2], m[3], m[4]) for m in group], appended)
         for topic, payload, qos, retain, props in msgs:
             if retain:
                 self._retain(topic, payload, record_headers(qos, retain, props), appended)
@@ -460,6 +461,9 @@ class MqttDoor(Door):
         await self.hub.durable(appended)
 
     def _append_plain(self, conn, t, keys: list, values: list, headers: list, appended: dict) -> None:
+        """Append records to log topic ``t``; note each partition's new end in
+        ``appended`` and, while a no-local subscription exists, who published
+        each record."""
         if len(t.partitions) == 1:
             offsets = t.append_many(values, keys, headers, partition=0)
             p = t.partitions[0]
@@ -475,25 +479,6 @@ class MqttDoor(Door):
         if conn is not None and self.fanout is not None and self._filters()[2]:  # someone has no-local
             origin = self.fanout.origin
             for i, o in placed if placed is not None else ((0, o) for o in offsets):
-                origin[(t.name, i, o)] = conn
-
-    def _append_group(self, conn, t, group: list, appended: dict) -> None:
-        """Append the messages of one log topic; note each partition's new end in
-        ``appended`` and, for no-local, who published each record."""
-        keys = [m[0].encode() for m in group]
-        values = [m[1] for m in group]
-        headers = [record_headers(m[2], m[3], m[4]) for m in group]
-        if len(t.partitions) == 1:
-            placed = [(0, o) for o in t.append_many(values, keys, headers, partition=0)]
-        else:
-            placed = t.append_many(values, keys, headers)
-        for i, o in placed:
-            p = t.partitions[i]
-            if appended.get(p, 0) <= o:
-                appended[p] = o + 1
-        if conn is not None and self.fanout is not None and self._filters()[2]:  # someone has no-local
-            origin = self.fanout.origin
-            for i, o in placed:
                 origin[(t.name, i, o)] = conn
 
     def _retain(self, topic: str, payload: bytes, headers, appended: dict) -> None:
