@@ -24,9 +24,11 @@ subscriptions, the QoS 1/2 messages in flight (packet id -> message, until
 PUBACK / PUBCOMP), the QoS 2 ids received and not released, the position in
 the log. At most the client's receive maximum are in flight (and at most
 ``SESSION_WINDOW`` for a persistent session, whose record lists them); the rest
-wait in order (``waiting``). A persistent session that falls more than
+wait in order (``waiting``). A session (kept or clean) that falls more than
 ``MAX_WAITING`` behind drops its waiting messages and reads them again from
-the log (``_catch_up``), as it does when it comes back.
+the log (``_catch_up``), as a kept one does when it comes back: a slow
+subscriber costs the server no memory beyond that (QoS 0 messages published
+meanwhile are not sent to it, as for a kept session while away).
 
 Frames to a persistent session's client go through ``outbox``: written once
 the session record that accounts for them is (``SessionStore``).
@@ -702,7 +704,7 @@ class MqttConnection(asyncio.Protocol):
             return  # fed from a log topic this principal may not READ
         if qos and len(s.inflight) >= self.window():
             self.waiting.append((topic, payload, qos, retain, props, loc, share))
-            if s.persistent and len(self.waiting) > MAX_WAITING and s.live:
+            if len(self.waiting) > MAX_WAITING and s.live:
                 self._fall_behind()
             return
         self._send(topic, payload, qos, retain, props, loc, share)
@@ -783,7 +785,7 @@ class MqttConnection(asyncio.Protocol):
                     self._write_frame(frames)
                 if taken < stop:
                     mqtt_wait_run(records, taken, stop, topic, best[0], key[0], key[1], self.waiting)
-                    if s.persistent and len(self.waiting) > MAX_WAITING and s.live:
+                    if len(self.waiting) > MAX_WAITING and s.live:
                         self._fall_behind()
                 return
         fielded = []
