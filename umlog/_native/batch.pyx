@@ -582,11 +582,13 @@ def any_delay_headers(headers):
     (``append_many``'s ``headers``), hold a delay key."""
     if headers is None:
         return False
+    cdef object seen = None  # a header set repeated record after record is looked at once
     for hs in headers:
-        if hs:
+        if hs and hs is not seen:
             for kv in hs:
                 if is_delay_key_obj(kv[0]):
                     return True
+            seen = hs
     return False
 
 
