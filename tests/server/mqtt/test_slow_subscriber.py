@@ -61,3 +61,34 @@ def test_a_subscriber_far_behind_gets_every_message_once_in_order(server, expiry
     assert got == list(range(N))
     sub.disconnect()
     assert server.stderr_text().count("reading them from the log") > fell_behind  # it did fall behind
+
+
+@pytest.mark.parametrize("expiry", [0, 300], ids=["clean", "kept"])
+def test_retained_messages_waiting_when_it_falls_behind_are_kept(server, expiry):
+    """More retained messages than may wait (1,200) for a subscriber with a
+    receive maximum of 20: it falls behind at once, and every retained one
+    still arrives (they cannot be read again from the tailed topics), then
+    what is published after."""
+    prefix = "slowret/" + uuid.uuid4().hex[:6]
+    pub = Raw(server.addresses["mqtt"], "slow-rpub-" + uuid.uuid4().hex[:6], version=4)
+    n = 1200
+    msgs = [Publish(f"{prefix}/{i}", b"%d" % i, qos=1, packet_id=i + 1, retain=True) for i in range(n)]
+    pub.s.sendall(b"".join(encode(p, 4) for p in msgs))
+    assert [pub.next() for _ in msgs] == [PubAck(p.packet_id) for p in msgs]
+    pub.disconnect()
+    fell_behind = server.stderr_text().count("reading them from the log")
+    props = {"receive_maximum": RECEIVE_MAXIMUM, "session_expiry_interval": expiry}
+    sub = Raw(server.addresses["mqtt"], "slow-r-" + uuid.uuid4().hex[:6], version=5, properties=props)
+    sub.send(Subscribe(1, [Subscription(prefix + "/#", 1)]))
+    assert type(sub.next()) is Suback
+    burst(server, f"{prefix}/live", 50)
+    retained, live = set(), []
+    while len(retained) + len(live) < n + 50:
+        p = sub.next()
+        assert type(p) is Publish and p.qos == 1, p
+        (retained.add(int(p.payload)) if p.retain else live.append(int(p.payload)))
+        sub.send(PubAck(p.packet_id))
+    assert retained == set(range(n))
+    assert live == list(range(50))
+    sub.disconnect()
+    assert server.stderr_text().count("reading them from the log") > fell_behind  # it did fall behind

@@ -936,11 +936,18 @@ class MqttConnection(asyncio.Protocol):
     # --- catching up -----------------------------------------------------------------
 
     def _fall_behind(self) -> None:
-        """Too much waits behind the receive maximum: forget it, read it from the log."""
+        """Too much waits behind the receive maximum: forget it, read it from the log.
+
+        What cannot be read again from the tailed topics stays waiting: a
+        retained message (its record is in ``mqtt-retained``) or one without a
+        place in the log; a share group's go back to the group."""
         s = self.session
         s.pos = self.door.position_of(s)
         self.door.shares.release(s, None, [w for w in self.waiting if w[-1] is not None])
+        tailed = self.door.fanout.cursors if self.door.fanout is not None else {}
+        kept = [w for w in self.waiting if w[-1] is None and (w[5] is None or (w[5][0], w[5][1]) not in tailed)]
         self.waiting.clear()
+        self.waiting.extend(kept)
         s.live = False
         log.info("mqtt %s (%s): more than %d messages wait for acknowledgements; reading them from the log",
                  self.peer, self.client_id, MAX_WAITING)
