@@ -256,16 +256,11 @@ class Fanout:
                 name = key.decode("utf-8")
             except UnicodeDecodeError:
                 continue
-            if origins:
-                run = [(r, origins.pop((k[0], k[1], r.offset), None)) for r in records[start:stop]]
-                if plain and not any(o is not None for _, o in run):
-                    door.deliver_plain(name, records, start, stop, k, now_ms)
-                else:
-                    door.deliver_run(name, run, k, now_ms)
-            elif plain:
+            run = [(r, origins.pop((k[0], k[1], r.offset), None)) for r in records[start:stop]] if origins else None
+            if plain and (run is None or all(o is None for _, o in run)):
                 door.deliver_plain(name, records, start, stop, k, now_ms)
             else:
-                door.deliver_run(name, [(r, None) for r in records[start:stop]], k, now_ms)
+                door.deliver_run(name, run or [(r, None) for r in records[start:stop]], k, now_ms)
 
 
 class MqttDoor(Door):

@@ -755,17 +755,15 @@ class MqttConnection(asyncio.Protocol):
         on ``topic``, from partition ``key``, with nothing but its QoS header,
         published by no connection that matters for no-local), sent as
         ``send_run`` would, its frames and in-flight entries made in one native
-        call (``mqtt_encode_run``). Anything that needs a look per message (a
-        subscription made inside the run, subscription identifiers, no room in
-        the receive maximum, a frame over the client's maximum packet size)
-        goes to ``send_run``."""
+        call (``mqtt_encode_run``); what the receive maximum has no room for
+        waits (``mqtt_wait_run``). Anything that needs a look per message (a
+        subscription made inside the run, subscription identifiers, a frame
+        over the client's maximum packet size) goes to ``send_run``."""
         s = self.session
         if s is None or not s.live or not self.connected or self.closed:
             return
         first = records[start].offset
-        since_of = s.since
-        # every subscription made at or before the run: one answer for all of it
-        uniform = not since_of or all(since_of.get(f) is None or since_of[f].get(key, 0) <= first for f, _ in subs)
+        uniform = self._subscribed_by(subs, key, first)  # one answer for the whole run
         best = self.best_qos(subs, None, key, first) if uniform else None  # no record here is this one's
         if uniform and (best is None or not best[2]):
             if best is None:
@@ -800,14 +798,21 @@ class MqttConnection(asyncio.Protocol):
     def _run_qos(self, subs, key: tuple[str, int], first: int) -> tuple | None:
         """``best_qos`` for a run of records from offset ``first`` on, as (for a
         record published by another connection, by this one), when the offset
-        makes no difference (every subscription in ``subs`` was made at or
-        before ``first``); None when it does."""
+        makes no difference (``_subscribed_by``); None when it does."""
+        if not self._subscribed_by(subs, key, first):
+            return None
+        return self.best_qos(subs, None, key, first), self.best_qos(subs, self, key, first)
+
+    def _subscribed_by(self, subs, key: tuple[str, int], first: int) -> bool:
+        """Whether every subscription in ``subs`` was made at or before offset
+        ``first`` of partition ``key``: then ``best_qos`` is the same for every
+        record of a run from there on."""
         since_of = self.session.since
         for f, _ in subs:
             since = since_of.get(f)
             if since is not None and since.get(key, 0) > first:
-                return None
-        return self.best_qos(subs, None, key, first), self.best_qos(subs, self, key, first)
+                return False
+        return True
 
     def _send(self, topic, payload, qos, retain, props, loc, share) -> None:
         frame = self._frame(topic, payload, qos, retain, props, loc, share)
@@ -1015,9 +1020,10 @@ class MqttConnection(asyncio.Protocol):
                                             if not f.startswith("$share/") and topic_matches(f, name)]
                 if not subs:
                     continue
-                fixed = self._run_qos(subs, k, records[i].offset) if plain else None
-                if fixed is not None and fixed[0] is not None and not fixed[0][2]:
-                    got = mqtt_encode_run(records, i, j, name, fixed[0][0], self.version, s, s.inflight, k[0],
+                first = records[i].offset
+                best = self.best_qos(subs, None, k, first) if plain and self._subscribed_by(subs, k, first) else None
+                if best is not None and not best[2]:
+                    got = mqtt_encode_run(records, i, j, name, best[0], self.version, s, s.inflight, k[0],
                                           k[1], self.client_max_packet, room, True, self.aliases_out,
                                           self.alias_out_max)
                     if got is not None:
