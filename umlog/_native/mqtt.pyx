@@ -406,7 +406,6 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
     cdef unsigned int pid = 0
     cdef bytes out
     cdef unsigned char *o
-    cdef MqttOutgoing entry
     cdef bint known = False
     cdef unsigned int alias = _topic_alias(topic, aliases, alias_max, &known) if version == 5 else 0
     cdef bint named = known  # the client knows the alias once a frame naming it went
@@ -436,17 +435,8 @@ def mqtt_encode_run(list records, Py_ssize_t start, Py_ssize_t stop, str topic, 
         if qos == 0 and skip_qos0:
             continue
         if qos:
-            pid = _next_pid(pid, inflight)
-            entry = MqttOutgoing.__new__(MqttOutgoing)
-            entry.topic = topic
-            entry.payload = b"" if r.value is None else r.value
-            entry.props = {}
-            entry.qos = qos
-            entry.state = qos
-            entry.retain = False
-            entry.loc = (log_topic, partition, r.offset)
-            entry.share = None
-            inflight[pid] = entry
+            pid = _take_pid(pid, inflight, topic, b"" if r.value is None else r.value, {}, qos,
+                            (log_topic, partition, r.offset))
             kept += 1
         k += _write_frame(o + k, t, 0 if named else tlen, qos, pid, version, r.value, alias)
         named = alias != 0
@@ -515,11 +505,23 @@ cdef Py_ssize_t _write_frame(unsigned char *o, const char *t, Py_ssize_t tlen, i
     return k
 
 
-cdef unsigned int _next_pid(unsigned int pid, dict inflight) except 0:
+cdef unsigned int _take_pid(unsigned int pid, dict inflight, topic, payload, props, int qos, loc) except 0:
+    """The next packet id after ``pid`` free in ``inflight``, now holding the
+    in-flight entry of a plain message (no RETAIN, no share group) sent with it."""
     cdef int tries
+    cdef MqttOutgoing entry
     for tries in range(65536):
         pid = pid % 65535 + 1
         if pid not in inflight:
+            entry = MqttOutgoing.__new__(MqttOutgoing)
+            entry.topic = topic
+            entry.payload = payload
+            entry.props = props
+            entry.qos = entry.state = qos
+            entry.retain = False
+            entry.loc = loc
+            entry.share = None
+            inflight[pid] = entry
             return pid
     raise RuntimeError("every packet id is in flight")
 
@@ -566,7 +568,6 @@ def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inf
     cdef unsigned int pid
     cdef bytes out
     cdef unsigned char *o
-    cdef MqttOutgoing entry
     cdef Py_ssize_t n = len(waiting), i
     cdef bint known, with_name
     cdef unsigned int alias
@@ -612,17 +613,7 @@ def mqtt_encode_waiting(waiting, Py_ssize_t room, int version, session, dict inf
         qos = e[2]
         t = PyUnicode_AsUTF8AndSize(e[0], &tlen)
         if qos:
-            pid = _next_pid(pid, inflight)
-            entry = MqttOutgoing.__new__(MqttOutgoing)
-            entry.topic = e[0]
-            entry.payload = e[1]
-            entry.props = e[4]
-            entry.qos = qos
-            entry.state = qos
-            entry.retain = False
-            entry.loc = e[5]
-            entry.share = None
-            inflight[pid] = entry
+            pid = _take_pid(pid, inflight, e[0], e[1], e[4], qos, e[5])
         alias, with_name = plan[i]
         k += _write_frame(o + k, t, tlen if with_name else 0, qos, pid, version, e[1], alias)
     session.next_id = pid
