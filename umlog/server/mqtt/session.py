@@ -349,8 +349,7 @@ class SessionStore:
     def _arm_will(self, s: Session) -> None:
         w = s.will
         w.disarm()
-        left = (w.due - _now_ms()) / 1000
-        w.timer = asyncio.get_running_loop().call_later(max(0.0, min(left, _MAX_TIMER_S)), self._will_due, s, w)
+        w.timer = _call_at_ms(w.due, self._will_due, s, w)
 
     def _will_due(self, s: Session, w: PendingWill) -> None:
         w.timer = None
@@ -411,9 +410,7 @@ class SessionStore:
             s.timer = None
         if s.expiry is None or s.conn is not None or s.gone_at is None:
             return
-        left = (s.gone_at + s.expiry * 1000 - _now_ms()) / 1000
-        loop = asyncio.get_running_loop()
-        s.timer = loop.call_later(max(0.0, min(left, _MAX_TIMER_S)), self._expire, s)
+        s.timer = _call_at_ms(s.gone_at + s.expiry * 1000, self._expire, s)
 
     def _expire(self, s: Session) -> None:
         s.timer = None
@@ -521,6 +518,13 @@ class SessionStore:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _call_at_ms(due_ms: int, fn, *args) -> asyncio.TimerHandle:
+    """Call ``fn(*args)`` at wall-clock ``due_ms`` (at once if past), or after
+    ``_MAX_TIMER_S`` if that is sooner: ``fn`` checks the time and re-arms."""
+    left = (due_ms - _now_ms()) / 1000
+    return asyncio.get_running_loop().call_later(max(0.0, min(left, _MAX_TIMER_S)), fn, *args)
 
 
 def _will_id(s: Session) -> str:
