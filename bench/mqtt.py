@@ -118,27 +118,22 @@ c.loop_stop()
 
 
 RAW_PUBLISHER = """
-import socket, struct, sys
+import socket, sys
+from umlog.server.mqtt.codec import Connack, Connect, Disconnect, PacketReader, encode, encode_publish
 port, n, size, window = map(int, sys.argv[1:5])
 s = socket.create_connection(("127.0.0.1", port))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-cid = b"bench-pub"
-var = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + struct.pack(">H", len(cid)) + cid  # 3.1.1, clean, keep-alive 60
-s.sendall(bytes([0x10, len(var)]) + var)
-if s.recv(4)[:4] != b"\\x20\\x02\\x00\\x00":
-    raise SystemExit("CONNECT refused")
-topic, payload = b"bench/x", b"x" * size
-
-def vbi(x):
-    out = bytearray()
-    while True:
-        b, x = x & 0x7F, x >> 7
-        out.append(b | (0x80 if x else 0))
-        if not x:
-            return bytes(out)
-
-head = b"\\x32" + vbi(2 + len(topic) + 2 + size) + struct.pack(">H", len(topic)) + topic
-frames = [head + struct.pack(">H", pid) + payload for pid in range(1, 65536)]
+s.sendall(encode(Connect("bench-pub", clean_start=True, keep_alive=60)))
+reader = PacketReader()
+while True:
+    reader.feed(s.recv(64))
+    got = list(reader.packets())
+    if got:
+        break
+if not isinstance(got[0], Connack) or got[0].reason:
+    raise SystemExit(f"CONNECT refused: {got[0]!r}")
+payload = b"x" * size
+frames = [encode_publish("bench/x", payload, 1, packet_id=pid) for pid in range(1, 65536)]
 sent = acked = 0
 rest = b""
 while acked < n:
@@ -160,7 +155,7 @@ while acked < n:
     acked += len(rest) // 4  # PUBACKs: 4 bytes each
     rest = rest[len(rest) // 4 * 4:]
 s.setblocking(True)
-s.sendall(b"\\xe0\\x00")  # DISCONNECT
+s.sendall(encode(Disconnect()))
 s.close()
 """
 
